@@ -3,7 +3,7 @@
 //
 // Per variant (one schedule of one kernel): generate that kernel alone into build/tune/<kernel>/<scheduleKey>/
 // (sources, manifest, and the fatbin: sm_90a only), all variants compiled in parallel; then build
-// the forward + backward plans of b=1, h=hq=8, t=T, gated, with that kernel's schedule set to the
+// the forward + backward plans of b=B (default 1), h=hq=8, t=T, gated (a chunk-free kernel: on the quadratic path), with that kernel's schedule set to the
 // variant (the others as the manifests have them), run both once over freshly allocated buffers
 // (random inputs, everything else NaN-poisoned) to populate the kernel's inputs, check the
 // kernel's outputs are NaN-free, and time its launch(es) alone (median of REPS CUDA-event timings).
@@ -12,7 +12,7 @@
 // fatbins must be built in build/kernels or PRT_KERNEL_DIR).
 //
 // Usage: node --import tsx bench/autotune.ts --spec p2_d64_e64_c128_bf16 --kernels query_state_bwd_dq,update_state_bwd
-//          [--t 16384] [--max-variants N] [--only SCHEDULE,...] [--out codegen/schedules.json] [--jobs N] [--reps 10] [--dry-run]
+//          [--t 16384] [--b 1] [--max-variants N] [--only SCHEDULE,...] [--out codegen/schedules.json] [--jobs N] [--reps 10] [--dry-run]
 // --dry-run generates and compiles the variants and stops (no GPU needed).
 
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
@@ -35,7 +35,7 @@ import { hasNaN, medianMs, randomNormal } from "./gpu-timing.ts";
 
 // ---- arguments ---------------------------------------------------------------------------------
 const FLAGS = new Set(["dry-run"]);
-const VALUES = new Set(["spec", "kernels", "t", "max-variants", "only", "out", "jobs", "reps"]);
+const VALUES = new Set(["spec", "kernels", "t", "b", "max-variants", "only", "out", "jobs", "reps"]);
 const args = new Map<string, string>();
 {
   const argv = process.argv.slice(2);
@@ -43,7 +43,7 @@ const args = new Map<string, string>();
     const a = argv[i]!;
     const name = a.replace(/^--/, "");
     if (!a.startsWith("--") || (!FLAGS.has(name) && !VALUES.has(name)))
-      throw new Error(`autotune: unknown argument '${a}' (expected --spec, --kernels, --t, --max-variants, --only, --out, --jobs, --reps, --dry-run)`);
+      throw new Error(`autotune: unknown argument '${a}' (expected --spec, --kernels, --t, --b, --max-variants, --only, --out, --jobs, --reps, --dry-run)`);
     if (FLAGS.has(name)) args.set(name, "1");
     else {
       const v = argv[++i];
@@ -73,6 +73,7 @@ const defs: KernelDef[] = kernelNames.map((n) => {
   return k;
 });
 const T = intArg("t", 16384);
+const BATCH = intArg("b", 1);
 const maxVariants = intArg("max-variants", Number.MAX_SAFE_INTEGER);
 /** --only w4_bd32_bt128_s3,...: sweep just these schedules of the space (the default always runs, as the baseline). */
 const only = args.has("only") ? new Set(args.get("only")!.split(",")) : null;
@@ -162,11 +163,17 @@ const baseManifests = manifestPaths(); // the usual ones (or the caller's PRT_MA
 let seed = 1;
 const randomBits = (n: number, dtype: DType): Uint16Array | Float32Array => randomNormal(n, dtype, seed++);
 
-const problem: Problem = { b: 1, t: T, hq: 8, h: 8, d: spec.d, e: spec.e, deg: spec.deg, chunk: spec.chunk, dtype: spec.dtype, scale: 1 / Math.sqrt(spec.d), gated: true, initialState: false };
+const problemFor = (def: (typeof defs)[number]): Problem => ({
+  b: BATCH, t: T, hq: 8, h: 8, d: spec.d, e: spec.e, deg: spec.deg,
+  // a chunk-free kernel runs on the quadratic path: one window over the sequence (a chunk >= t)
+  chunk: def.chunkFree ? Math.max(T, spec.chunk) : spec.chunk,
+  dtype: spec.dtype, scale: 1 / Math.sqrt(spec.d), gated: true, initialState: false,
+});
 
 function timeVariant(v: Variant): void {
   process.env.PRT_MANIFEST = [v.runtimeManifest, ...baseManifests].join(":");
   const given = { [v.def.name]: v.sch };
+  const problem = problemFor(v.def);
   const fwd = withManifestSchedules((s) => forwardPlan(problem, s), (x) => x, given).built;
   const bwd = withManifestSchedules((s) => backwardPlan(problem, s), (x) => x, given).built;
   const bufs = new Map<string, DeviceBuffer>();
@@ -227,7 +234,7 @@ function reportKernel(def: (typeof defs)[number]): Variant | undefined {
   const dflt = vs.find((v) => v.isDefault);
   const good = vs.filter((v) => v.status === "ok" && !v.nan && Number.isFinite(v.ms));
   const win = good.reduce<Variant | undefined>((a, v) => (!a || v.ms < a.ms ? v : a), undefined);
-  console.log(`\n${def.name} / ${sk}  (b=1 h=hq=8 t=${T}, median of ${reps}, ${ARCH})`);
+  console.log(`\n${def.name} / ${sk}  (b=${BATCH} h=hq=8 t=${T}${def.chunkFree ? " quadratic path" : ""}, median of ${reps}, ${ARCH})`);
   console.log(`  ${"schedule".padEnd(20)} ${"smem".padStart(7)} ${"ms".padStart(9)} ${"speedup".padStart(8)}`);
   for (const v of [...vs].sort((a, b) => (Number.isFinite(a.ms) ? a.ms : Infinity) - (Number.isFinite(b.ms) ? b.ms : Infinity))) {
     const sp = dflt && Number.isFinite(dflt.ms) && Number.isFinite(v.ms) ? `${(dflt.ms / v.ms).toFixed(2)}x` : "-";

@@ -45,7 +45,7 @@ for step in "${@:-all}"; do
     autotune)
       cp codegen/schedules.json "$OUT/schedules.json"
       timeout ${TUNE_LIMIT:-420} node --import tsx bench/autotune.ts --spec ${TUNE_SPEC:-p2_d64_e64_c128_bf16} --kernels "$TUNE_KERNELS" \
-        --t ${TUNE_T:-16384} --reps ${REPS:-5} --jobs 16 --out "$OUT/schedules.json" > "$OUT/autotune.log" 2>&1
+        --t ${TUNE_T:-16384} --b ${TUNE_B:-1} --reps ${REPS:-5} --jobs 16 --out "$OUT/schedules.json" > "$OUT/autotune.log" 2>&1
       echo "autotune rc=$?"; grep -vE "^\s*$" "$OUT/autotune.log" | tail -25 ;;
     checks)
       # issue 8 item 5: compute-sanitizer over every kernel of one spec per dtype, and run-to-run determinism

@@ -67,6 +67,8 @@ export function printLStmt(s: LStmt, ind: string, ranks: Ranks = new Map()): str
       return [`${ind}async.commit`];
     case "asyncWait":
       return [`${ind}async.wait ${s.pending}`];
+    case "wgmmaWait":
+      return [`${ind}wgmma.wait (${s.tiles.join(", ")})`];
     case "barrier":
       return [`${ind}barrier`];
     case "bindStage":

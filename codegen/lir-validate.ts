@@ -31,6 +31,7 @@ export function toDsl(k: LKernel): Kernel {
           return [{ ...s, body: stmts(s.body) }];
         case "asyncCommit":
         case "asyncWait":
+        case "wgmmaWait":
         case "barrier":
         case "bindStage":
           return [];
@@ -214,6 +215,10 @@ export function validateLir(k: LKernel): string[] {
         break;
       case "bindStage":
         if (bufferOf(k, s.buf).copies < 2) where(`bind ${s.buf}: the tile has one copy`);
+        break;
+      case "wgmmaWait":
+        if (k.target !== "sm_90a") where(`wgmma.wait on ${k.target}`);
+        for (const t of s.tiles) if (bufferOf(k, t).home !== "frag") where(`wgmma.wait (${t}): the accumulator is not a frag tile`);
         break;
       default:
         break;

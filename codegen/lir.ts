@@ -75,7 +75,13 @@ export type MmaImpl =
   /** wgmma m64nNk16 (sm_90a): each warpgroup owns 64 consecutive rows per slot and all n columns
    * (a row-block tiling, rules.rowBlockTiling), B from shared memory through a descriptor, A from
    * shared memory or from a packed frag tile; the accumulator fragments are the m16n8 layout. */
-  | { readonly kind: "wgmma"; readonly tiling: WarpTiling }
+  | {
+      readonly kind: "wgmma";
+      readonly tiling: WarpTiling;
+      /** The statement issues and commits but does not wait: a later wgmmaWait does
+       * (lower/defer-wgmma-waits.ts). Only for a frag accumulator. */
+      readonly deferred?: boolean;
+    }
   /** fp32 FMA loops computing exactly the elements each thread owns in the tiling (f32 operands). */
   | { readonly kind: "fmaFrag"; readonly tiling: WarpTiling }
   /** fp32 FMA, one output element per thread-step (any shape). */
@@ -132,6 +138,9 @@ export type LStmt =
   | { readonly kind: "asyncCommit" }
   /** cp.async.wait_group: wait until at most `pending` groups are in flight. */
   | { readonly kind: "asyncWait"; readonly pending: number }
+  /** wgmma.wait_group 0: the deferred wgmmas before it are complete, their accumulators
+   * (`tiles`, frag tiles) readable (lower/defer-wgmma-waits.ts). */
+  | { readonly kind: "wgmmaWait"; readonly tiles: readonly string[] }
   /** __syncthreads(). */
   | { readonly kind: "barrier" }
   /** Point a multi-copy tile at copy `stage` (mod its copies) for the statements that follow. */
@@ -362,6 +371,7 @@ export function stmtAccess(s: LStmt): { reads: Set<string>; writes: Set<string> 
       break;
     case "asyncCommit":
     case "asyncWait":
+    case "wgmmaWait":
     case "barrier":
       break;
   }

@@ -18,6 +18,7 @@ import { checkSupported } from "./lower/check-supported.ts";
 import { fuseOperands } from "./lower/fuse-operands.ts";
 import { padShared } from "./lower/pad-shared.ts";
 import { pipelineLoops } from "./lower/pipeline-loops.ts";
+import { deferWgmmaWaits } from "./lower/defer-wgmma-waits.ts";
 import { placeFragments } from "./lower/place-fragments.ts";
 import { planShared } from "./lower/plan-shared.ts";
 import { selectLoads } from "./lower/select-loads.ts";
@@ -42,6 +43,7 @@ export const PASSES: readonly Pass[] = [
   { name: "plan-shared", why: "give every shared tile its bytes; tiles with disjoint live ranges share them", run: planShared },
   { name: "insert-barriers", why: "a __syncthreads() between every two statements is correct by construction", run: insertBarriers },
   { name: "elide-barriers", why: "keep only barriers that order a shared-memory hazard between threads (same-thread element-wise chains need none)", run: elideBarriers },
+  { name: "defer-wgmma-waits", why: "sm_90a: a wgmma's wait moves down to the first statement needing its result or writing its operands, so the statements between run under it", run: deferWgmmaWaits },
 ];
 
 export interface LowerOptions {

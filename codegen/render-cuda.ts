@@ -276,6 +276,10 @@ function renderStmt(o: Emitter, k: LKernel, s: LStmt): void {
     case "asyncWait":
       o.line(`prt::cp_async_wait<${s.pending}>();`);
       return;
+    case "wgmmaWait":
+      o.line("prt::wgmma_wait<0>();");
+      for (const t of s.tiles) o.line(`prt::wgmma_fence_regs(${cName("f", t)});  // ${t} is read only after the wait`);
+      return;
     case "bindStage": {
       const b = bufferOf(k, s.buf);
       const elems = smemTileBytes(b) / dtypeBytes(b.type.dtype);

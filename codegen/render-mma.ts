@@ -321,7 +321,10 @@ function renderWgmma(o: Emitter, k: LKernel, mmas: readonly Mma[], t: WarpTiling
   });
   o.close();
   o.line("prt::wgmma_commit();");
-  o.line("prt::wgmma_wait<0>();");
+  if (first.impl?.kind === "wgmma" && first.impl.deferred) {
+    if (d.home !== "frag") throw new Error(`${k.name}: deferred wgmma into ${first.dst}, which is not a frag tile`);
+    o.line("// waited for further down (wgmma.wait)");
+  } else o.line("prt::wgmma_wait<0>();");
   if (d.home !== "frag") eachAcc(`${own} = acc[j][q][e];`);
 }
 

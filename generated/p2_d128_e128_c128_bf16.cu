@@ -284,12 +284,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   prt::fence_proxy_async();
   __syncthreads();
   // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
@@ -306,8 +300,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  prt::fence_proxy_async();
+  __syncthreads();
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_w);  // w is read only after the wait
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -688,6 +692,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
+      // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
+      {
+        float (&acc)[1][8][4] = f_w;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 128; k0 += 16) {
+            prt::Wgmma<64, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 64 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 64 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -704,35 +724,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       prt::fence_proxy_async();
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
-      // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
-      {
-        float (&acc)[1][8][4] = f_w;
-        prt::wgmma_fence();
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
-          (void)mb;
-          #pragma unroll
-          for (int k0 = 0; k0 < 128; k0 += 16) {
-            prt::Wgmma<64, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 64 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 64 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
-          }
-        }
-        prt::wgmma_commit();
-        prt::wgmma_wait<0>();
-      }
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_w);  // w is read only after the wait
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
@@ -926,7 +930,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -934,6 +938,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -1277,12 +1283,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
   {
@@ -1316,6 +1316,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  __syncthreads();
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -1690,26 +1697,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 8704;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_w;
@@ -1742,10 +1729,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           }
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 4) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 64; j0 += 32) {
+            const int j = j0 + lane, i = 63 - j;
+            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();
@@ -6497,7 +6502,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
   // p[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
   {
@@ -6516,6 +6521,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       }
     }
   }
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
   // p_dp[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
   {
     #pragma unroll
@@ -6799,7 +6806,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -6843,6 +6850,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
       // p_dp[row, col] = select((lse_i[row] != -Infinity), (p[row, col] * p_dp[row, col]), 0.0)
       {
         #pragma unroll
@@ -9330,7 +9339,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -9357,6 +9366,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_W);  // W is read only after the wait
       // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
       {
         #pragma unroll
@@ -9459,7 +9470,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -9467,6 +9478,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();

@@ -108,9 +108,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
   float* const t_gk_base = reinterpret_cast<float*>(prt_base + 94096);  // f32[32] pitch 32, 2 copies
   float* t_gk = t_gk_base;
   float* const t_sk = reinterpret_cast<float*>(prt_base + 94608);  // f32[32] pitch 32
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 84752);  // f32[32] pitch 32
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 88848);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17152);  // f32[1] pitch 1
-  float* const t_w = reinterpret_cast<float*>(prt_base + 84880);  // f32[32, 32] pitch 32
+  float* const t_w = reinterpret_cast<float*>(prt_base + 84752);  // f32[32, 32] pitch 32
   float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102288);  // f32[32, 128] pitch 132
@@ -273,12 +273,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 32; r += 64) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
   {
@@ -307,6 +301,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       for (int q = 0; q < 4; ++q)
       #pragma unroll
         for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+    }
+  }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 32; r += 64) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
   __syncthreads();
@@ -600,26 +600,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 2) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 32; j0 += 32) {
-            const int j = j0 + lane, i = 31 - j;
-            float v = j < 32 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 32) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 32; r += 64) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -649,10 +629,28 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
             for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 2) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 32; j0 += 32) {
+            const int j = j0 + lane, i = 31 - j;
+            float v = j < 32 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 32) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 32; r += 64) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();
@@ -929,9 +927,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
   float* const t_gk_base = reinterpret_cast<float*>(prt_base + 94224);  // f32[32] pitch 32, 2 copies
   float* t_gk = t_gk_base;
   float* const t_sk = reinterpret_cast<float*>(prt_base + 94736);  // f32[32] pitch 32
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 84880);  // f32[32] pitch 32
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 88976);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17280);  // f32[1] pitch 1
-  float* const t_w = reinterpret_cast<float*>(prt_base + 85008);  // f32[32, 32] pitch 32
+  float* const t_w = reinterpret_cast<float*>(prt_base + 84880);  // f32[32, 32] pitch 32
   float* const t_p = reinterpret_cast<float*>(prt_base + 89488);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102416);  // f32[32, 128] pitch 132
@@ -1085,12 +1083,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 32; r += 64) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
   {
@@ -1119,6 +1111,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       for (int q = 0; q < 4; ++q)
       #pragma unroll
         for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
+    }
+  }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 32; r += 64) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
   __syncthreads();
@@ -1404,26 +1402,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 4224;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 32;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 2) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 32; j0 += 32) {
-            const int j = j0 + lane, i = 31 - j;
-            float v = j < 32 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 32) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 32; r += 64) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.fmaFrag(q, k^T) [32x32 in 16x32 units over 2 warps]
       {
         #pragma unroll
@@ -1453,10 +1431,28 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
             for (int e = 0; e < 4; ++e) t_w[(m0 + prt::frag_row(lane, e)) * 32 + (n0 + q * 8 + prt::frag_col(lane, e))] = acc[q][e];
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 2) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 32; j0 += 32) {
+            const int j = j0 + lane, i = 31 - j;
+            float v = j < 32 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 32) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 32; r += 64) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();

@@ -274,12 +274,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
   {
@@ -306,6 +300,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
       }
     }
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  __syncthreads();
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -645,26 +646,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
       {
         #pragma unroll
@@ -690,10 +671,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
           }
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 4) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 64; j0 += 32) {
+            const int j = j0 + lane, i = 63 - j;
+            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();

@@ -284,12 +284,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   prt::fence_proxy_async();
   __syncthreads();
   // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
@@ -306,8 +300,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  prt::fence_proxy_async();
+  __syncthreads();
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_w);  // w is read only after the wait
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -690,6 +694,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
+      // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
+      {
+        float (&acc)[1][8][4] = f_w;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 32; k0 += 16) {
+            prt::Wgmma<64, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<64>(t_q + ((k0) / 32 * 64 + (mb)) * 32 + ((k0) % 32), 16, 512), prt::wgmma_desc<64>(t_k + ((k0) / 32 * 64 + (0)) * 32 + ((k0) % 32), 16, 512), k0 > 0);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -706,35 +726,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       prt::fence_proxy_async();
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
-      // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
-      {
-        float (&acc)[1][8][4] = f_w;
-        prt::wgmma_fence();
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
-          (void)mb;
-          #pragma unroll
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            prt::Wgmma<64, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<64>(t_q + ((k0) / 32 * 64 + (mb)) * 32 + ((k0) % 32), 16, 512), prt::wgmma_desc<64>(t_k + ((k0) / 32 * 64 + (0)) * 32 + ((k0) % 32), 16, 512), k0 > 0);
-          }
-        }
-        prt::wgmma_commit();
-        prt::wgmma_wait<0>();
-      }
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_w);  // w is read only after the wait
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
@@ -928,7 +932,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -936,6 +940,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -1279,12 +1285,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
   {
@@ -1318,6 +1318,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  __syncthreads();
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -1694,26 +1701,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 2560;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_w;
@@ -1746,10 +1733,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
           }
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 4) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 64; j0 += 32) {
+            const int j = j0 + lane, i = 63 - j;
+            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();
@@ -2306,12 +2311,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 128; r += 256) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   prt::fence_proxy_async();
   __syncthreads();
   // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
@@ -2328,8 +2327,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 128; r += 256) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  prt::fence_proxy_async();
+  __syncthreads();
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_w);  // w is read only after the wait
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -2712,6 +2721,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
+      // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
+      {
+        float (&acc)[1][16][4] = f_w;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 128 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 32; k0 += 16) {
+            prt::Wgmma<128, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<64>(t_q + ((k0) / 32 * 128 + (mb)) * 32 + ((k0) % 32), 16, 512), prt::wgmma_desc<64>(t_k + ((k0) / 32 * 128 + (0)) * 32 + ((k0) % 32), 16, 512), k0 > 0);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 8) {
@@ -2728,35 +2753,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       prt::fence_proxy_async();
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
-      // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
-      {
-        float (&acc)[1][16][4] = f_w;
-        prt::wgmma_fence();
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int mb = 64 * (warp / 4) + 128 * j;  // this warpgroup's rows
-          (void)mb;
-          #pragma unroll
-          for (int k0 = 0; k0 < 32; k0 += 16) {
-            prt::Wgmma<128, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<64>(t_q + ((k0) / 32 * 128 + (mb)) * 32 + ((k0) % 32), 16, 512), prt::wgmma_desc<64>(t_k + ((k0) / 32 * 128 + (0)) * 32 + ((k0) % 32), 16, 512), k0 > 0);
-          }
-        }
-        prt::wgmma_commit();
-        prt::wgmma_wait<0>();
-      }
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_w);  // w is read only after the wait
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
@@ -2950,7 +2959,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -2958,6 +2967,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -3302,12 +3313,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 128; r += 256) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.tc(q, k^T) [128x128 in 16x128 units over 8 warps]
   {
@@ -3341,6 +3346,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 128; r += 256) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  __syncthreads();
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -3717,26 +3729,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 5120;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 8) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.tc(q, k^T) [128x128 in 16x128 units over 8 warps]
       {
         float (&acc)[1][16][4] = f_w;
@@ -3769,10 +3761,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           }
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 8) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 128; j0 += 32) {
+            const int j = j0 + lane, i = 127 - j;
+            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();
@@ -6353,7 +6363,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
   // p[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
   {
@@ -6372,6 +6382,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       }
     }
   }
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
   // p_dp[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
   {
     #pragma unroll
@@ -6655,7 +6667,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -6699,6 +6711,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
       // p_dp[row, col] = select((lse_i[row] != -Infinity), (p[row, col] * p_dp[row, col]), 0.0)
       {
         #pragma unroll
@@ -9219,7 +9233,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -9246,6 +9260,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_W);  // W is read only after the wait
       // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
       {
         #pragma unroll
@@ -9348,7 +9364,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -9356,6 +9372,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -10947,7 +10965,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
       {
@@ -11030,6 +11048,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -11183,7 +11203,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // fk[row] = exp((ck[row] / 2.0))
           {
@@ -11249,6 +11269,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_W);  // W is read only after the wait
           // acc_v += mma.wgmma(p, dy) [64x32 in 16x32 units over 4 warps]
           {
             float (&acc)[1][4][4] = f_acc_v;
@@ -11263,7 +11285,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
           {
@@ -11353,6 +11375,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
           // acc_k += mma.wgmma(ds, q) [64x32 in 16x32 units over 4 warps]
           {
             float (&acc)[1][4][4] = f_acc_k;
@@ -11367,7 +11391,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // gap[row] = (gap[row] + cq[63])
           {
@@ -11375,6 +11399,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_cq[63])));
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
           prt::fence_proxy_async();
           __syncthreads();
         }
@@ -14880,10 +14906,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_t_a);  // t_a is read only after the wait
       // dk[row, col] = select((col == i0), ((dk[row, col] + (k[row, i0] * t_a[row, col])) + r[row]), (dk[row, col] + (k[row, i0] * t_a[row, col])))
       {
         #pragma unroll
@@ -16738,7 +16766,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
   // p[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
   {
@@ -16757,6 +16785,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       }
     }
   }
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
   // p_dp[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
   {
     #pragma unroll
@@ -17040,7 +17070,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -17084,6 +17114,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
       // p_dp[row, col] = select((lse_i[row] != -Infinity), (p[row, col] * p_dp[row, col]), 0.0)
       {
         #pragma unroll
@@ -18834,7 +18866,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -18861,6 +18893,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_W);  // W is read only after the wait
       // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
       {
         #pragma unroll
@@ -18963,7 +18997,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -18971,6 +19005,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -20562,7 +20598,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
       {
@@ -20645,6 +20681,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -20798,7 +20836,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // fk[row] = exp((ck[row] / 2.0))
           {
@@ -20864,6 +20902,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_W);  // W is read only after the wait
           // acc_v += mma.wgmma(p, dy) [64x32 in 16x32 units over 4 warps]
           {
             float (&acc)[1][4][4] = f_acc_v;
@@ -20878,7 +20918,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
           {
@@ -20968,6 +21008,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
           // acc_k += mma.wgmma(ds, q) [64x32 in 16x32 units over 4 warps]
           {
             float (&acc)[1][4][4] = f_acc_k;
@@ -20982,7 +21024,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // gap[row] = (gap[row] + cq[63])
           {
@@ -20990,6 +21032,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_cq[63])));
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
           prt::fence_proxy_async();
           __syncthreads();
         }

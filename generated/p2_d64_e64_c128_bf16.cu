@@ -284,12 +284,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 128; r += 256) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   prt::fence_proxy_async();
   __syncthreads();
   // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
@@ -306,8 +300,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 128; r += 256) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  prt::fence_proxy_async();
+  __syncthreads();
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_w);  // w is read only after the wait
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -690,6 +694,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
+      // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
+      {
+        float (&acc)[1][16][4] = f_w;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 128 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<128, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 128 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 128 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 8) {
@@ -706,35 +726,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       prt::fence_proxy_async();
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
-      // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
-      {
-        float (&acc)[1][16][4] = f_w;
-        prt::wgmma_fence();
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int mb = 64 * (warp / 4) + 128 * j;  // this warpgroup's rows
-          (void)mb;
-          #pragma unroll
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            prt::Wgmma<128, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 128 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 128 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
-          }
-        }
-        prt::wgmma_commit();
-        prt::wgmma_wait<0>();
-      }
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_w);  // w is read only after the wait
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
@@ -928,7 +932,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -936,6 +940,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -1279,12 +1285,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 128; r += 256) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.tc(q, k^T) [128x128 in 16x128 units over 8 warps]
   {
@@ -1318,6 +1318,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       }
     }
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 128; r += 256) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  __syncthreads();
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -1694,26 +1701,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 9216;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 8) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.tc(q, k^T) [128x128 in 16x128 units over 8 warps]
       {
         float (&acc)[1][16][4] = f_w;
@@ -1746,10 +1733,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           }
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 8) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 128; j0 += 32) {
+            const int j = j0 + lane, i = 127 - j;
+            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();
@@ -5137,7 +5142,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
   // p[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
   {
@@ -5156,6 +5161,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
   // p_dp[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
   {
     #pragma unroll
@@ -5439,7 +5446,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -5483,6 +5490,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
       // p_dp[row, col] = select((lse_i[row] != -Infinity), (p[row, col] * p_dp[row, col]), 0.0)
       {
         #pragma unroll
@@ -8003,7 +8012,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -8030,6 +8039,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_W);  // W is read only after the wait
       // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
       {
         #pragma unroll
@@ -8132,7 +8143,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -8140,6 +8151,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -9971,7 +9984,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // fk[row] = exp((ck[row] / 2.0))
           {
@@ -10037,6 +10050,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_W);  // W is read only after the wait
           // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
           {
             float acc[1][8][4];
@@ -10169,7 +10184,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // gap[row] = (gap[row] + cq[63])
           {
@@ -10177,6 +10192,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_cq[63])));
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
           prt::fence_proxy_async();
           __syncthreads();
         }

@@ -284,12 +284,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   prt::fence_proxy_async();
   __syncthreads();
   // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
@@ -306,8 +300,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  prt::fence_proxy_async();
+  __syncthreads();
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_w);  // w is read only after the wait
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -688,6 +692,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
+      // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
+      {
+        float (&acc)[1][8][4] = f_w;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<64, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 64 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 64 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -704,35 +724,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       prt::fence_proxy_async();
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
-      // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
-      {
-        float (&acc)[1][8][4] = f_w;
-        prt::wgmma_fence();
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
-          (void)mb;
-          #pragma unroll
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            prt::Wgmma<64, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 64 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 64 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
-          }
-        }
-        prt::wgmma_commit();
-        prt::wgmma_wait<0>();
-      }
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_w);  // w is read only after the wait
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
@@ -926,7 +930,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -934,6 +938,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -1277,12 +1283,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
   {
@@ -1316,6 +1316,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  __syncthreads();
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -1690,26 +1697,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 4608;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_w;
@@ -1742,10 +1729,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
           }
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 4) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 64; j0 += 32) {
+            const int j = j0 + lane, i = 63 - j;
+            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();
@@ -2302,12 +2307,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 128; r += 256) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   prt::fence_proxy_async();
   __syncthreads();
   // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
@@ -2324,8 +2323,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 128; r += 256) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  prt::fence_proxy_async();
+  __syncthreads();
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_w);  // w is read only after the wait
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -2708,6 +2717,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
+      // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
+      {
+        float (&acc)[1][16][4] = f_w;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 128 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<128, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 128 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 128 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 8) {
@@ -2724,35 +2749,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       prt::fence_proxy_async();
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
-      // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
-      {
-        float (&acc)[1][16][4] = f_w;
-        prt::wgmma_fence();
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int mb = 64 * (warp / 4) + 128 * j;  // this warpgroup's rows
-          (void)mb;
-          #pragma unroll
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            prt::Wgmma<128, __nv_bfloat16>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 128 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 128 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
-          }
-        }
-        prt::wgmma_commit();
-        prt::wgmma_wait<0>();
-      }
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_w);  // w is read only after the wait
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
@@ -2946,7 +2955,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -2954,6 +2963,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -3298,12 +3309,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 128; r += 256) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.tc(q, k^T) [128x128 in 16x128 units over 8 warps]
   {
@@ -3337,6 +3342,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 128; r += 256) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  __syncthreads();
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -3713,26 +3725,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 9216;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 8) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.tc(q, k^T) [128x128 in 16x128 units over 8 warps]
       {
         float (&acc)[1][16][4] = f_w;
@@ -3765,10 +3757,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           }
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 8) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 128; j0 += 32) {
+            const int j = j0 + lane, i = 127 - j;
+            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();
@@ -7175,7 +7185,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
   // p[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
   {
@@ -7194,6 +7204,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
   // p_dp[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
   {
     #pragma unroll
@@ -7477,7 +7489,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -7521,6 +7533,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
       // p_dp[row, col] = select((lse_i[row] != -Infinity), (p[row, col] * p_dp[row, col]), 0.0)
       {
         #pragma unroll
@@ -10040,7 +10054,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -10067,6 +10081,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_W);  // W is read only after the wait
       // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
       {
         #pragma unroll
@@ -10169,7 +10185,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -10177,6 +10193,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -12008,7 +12026,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // fk[row] = exp((ck[row] / 2.0))
           {
@@ -12074,6 +12092,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_W);  // W is read only after the wait
           // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
           {
             float acc[1][8][4];
@@ -12206,7 +12226,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // gap[row] = (gap[row] + cq[63])
           {
@@ -12214,6 +12234,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_cq[63])));
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
           prt::fence_proxy_async();
           __syncthreads();
         }
@@ -16597,10 +16619,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_t_a);  // t_a is read only after the wait
       // dk[row, col] = select((col == i0), ((dk[row, col] + (k[row, i0] * t_a[row, col])) + r[row]), (dk[row, col] + (k[row, i0] * t_a[row, col])))
       {
         #pragma unroll
@@ -18462,7 +18486,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
   // p[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
   {
@@ -18481,6 +18505,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
   }
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
   // p_dp[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
   {
     #pragma unroll
@@ -18764,7 +18790,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -18808,6 +18834,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
       // p_dp[row, col] = select((lse_i[row] != -Infinity), (p[row, col] * p_dp[row, col]), 0.0)
       {
         #pragma unroll
@@ -20558,7 +20586,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -20585,6 +20613,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_W);  // W is read only after the wait
       // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
       {
         #pragma unroll
@@ -20687,7 +20717,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -20695,6 +20725,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -22526,7 +22558,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // fk[row] = exp((ck[row] / 2.0))
           {
@@ -22592,6 +22624,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_W);  // W is read only after the wait
           // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
           {
             float acc[1][8][4];
@@ -22724,7 +22758,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // gap[row] = (gap[row] + cq[63])
           {
@@ -22732,6 +22766,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_cq[63])));
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
           prt::fence_proxy_async();
           __syncthreads();
         }

@@ -284,12 +284,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   prt::fence_proxy_async();
   __syncthreads();
   // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
@@ -306,8 +300,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  prt::fence_proxy_async();
+  __syncthreads();
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_w);  // w is read only after the wait
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -688,6 +692,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
+      // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
+      {
+        float (&acc)[1][8][4] = f_w;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<64, __half>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 64 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 64 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
@@ -704,35 +724,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       prt::fence_proxy_async();
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
-      // w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]
-      {
-        float (&acc)[1][8][4] = f_w;
-        prt::wgmma_fence();
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
-          (void)mb;
-          #pragma unroll
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            prt::Wgmma<64, __half>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 64 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 64 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
-          }
-        }
-        prt::wgmma_commit();
-        prt::wgmma_wait<0>();
-      }
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_w);  // w is read only after the wait
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
@@ -926,7 +930,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -934,6 +938,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -1277,12 +1283,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
   {
@@ -1316,6 +1316,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 64; r += 128) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  __syncthreads();
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -1690,26 +1697,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 4608;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.tc(q, k^T) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_w;
@@ -1742,10 +1729,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           }
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 4) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 64; j0 += 32) {
+            const int j = j0 + lane, i = 63 - j;
+            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();
@@ -2302,12 +2307,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 128; r += 256) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   prt::fence_proxy_async();
   __syncthreads();
   // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
@@ -2324,8 +2323,18 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 128; r += 256) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  prt::fence_proxy_async();
+  __syncthreads();
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_w);  // w is read only after the wait
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -2708,6 +2717,22 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       prt::fence_proxy_async();
       __syncthreads();
+      // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
+      {
+        float (&acc)[1][16][4] = f_w;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 128 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<128, __half>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 128 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 128 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 8) {
@@ -2724,35 +2749,19 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       prt::fence_proxy_async();
       __syncthreads();
       // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
-      // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
-      {
-        float (&acc)[1][16][4] = f_w;
-        prt::wgmma_fence();
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          const int mb = 64 * (warp / 4) + 128 * j;  // this warpgroup's rows
-          (void)mb;
-          #pragma unroll
-          for (int k0 = 0; k0 < 64; k0 += 16) {
-            prt::Wgmma<128, __half>::template ss<0, 0>(acc[j], prt::wgmma_desc<128>(t_q + ((k0) / 64 * 128 + (mb)) * 64 + ((k0) % 64), 16, 1024), prt::wgmma_desc<128>(t_k + ((k0) / 64 * 128 + (0)) * 64 + ((k0) % 64), 16, 1024), k0 > 0);
-          }
-        }
-        prt::wgmma_commit();
-        prt::wgmma_wait<0>();
-      }
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_w);  // w is read only after the wait
       // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
       {
         #pragma unroll
@@ -2946,7 +2955,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -2954,6 +2963,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -3298,12 +3309,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 128; r += 256) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
   __syncthreads();
   // w = mma.tc(q, k^T) [128x128 in 16x128 units over 8 warps]
   {
@@ -3337,6 +3342,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
+  // ck[row] = -(cq[row])
+  {
+    for (int r = tid; r < 128; r += 256) {
+      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
+    }
+  }
+  __syncthreads();
   // w[row, col] = select((col <= row), (((log(abs((w[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]), -Infinity)
   {
     #pragma unroll
@@ -3713,26 +3725,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       t_v = t_v_base + (((v_i0 % 2)) % 2) * 9216;  // bind v stage (i0 % 2)
       t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
       __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 8) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 128; r += 256) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
       // w = mma.tc(q, k^T) [128x128 in 16x128 units over 8 warps]
       {
         float (&acc)[1][16][4] = f_w;
@@ -3765,10 +3757,28 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           }
         }
       }
+      // sk = cumsum(gk, axis=0, reverse)
+      {
+        for (int o = warp; o < 1; o += 8) {
+          float carry = 0.0f;
+          for (int j0 = 0; j0 < 128; j0 += 32) {
+            const int j = j0 + lane, i = 127 - j;
+            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+            v = prt::warp_inclusive_sum(v, lane) + carry;
+            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
+            carry = __shfl_sync(0xffffffffu, v, 31);
+          }
+        }
+      }
+      __syncthreads();
+      // ck[row] = ((sk[row] - gk[row]) + gap[0])
       // fk[row] = exp((ck[row] / 2.0))
       {
         for (int r = tid; r < 128; r += 256) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
+          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
+          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
+          t_ck[r] = y0;
+          t_fk[r] = y1;
         }
       }
       __syncthreads();
@@ -7202,7 +7212,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
   // p[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
   {
@@ -7221,6 +7231,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       }
     }
   }
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
   // p_dp[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
   {
     #pragma unroll
@@ -7504,7 +7516,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -7548,6 +7560,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
       // p_dp[row, col] = select((lse_i[row] != -Infinity), (p[row, col] * p_dp[row, col]), 0.0)
       {
         #pragma unroll
@@ -10102,7 +10116,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -10129,6 +10143,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_W);  // W is read only after the wait
       // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
       {
         #pragma unroll
@@ -10231,7 +10247,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -10239,6 +10255,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -12070,7 +12088,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // fk[row] = exp((ck[row] / 2.0))
           {
@@ -12136,6 +12154,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_W);  // W is read only after the wait
           // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
           {
             float acc[1][8][4];
@@ -12268,7 +12288,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // gap[row] = (gap[row] + cq[63])
           {
@@ -12276,6 +12296,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_cq[63])));
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
           prt::fence_proxy_async();
           __syncthreads();
         }
@@ -16878,10 +16900,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       prt::fence_proxy_async();
       __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_t_a);  // t_a is read only after the wait
       // dk[row, col] = select((col == i0), ((dk[row, col] + (k[row, i0] * t_a[row, col])) + r[row]), (dk[row, col] + (k[row, i0] * t_a[row, col])))
       {
         #pragma unroll
@@ -18847,7 +18871,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
     prt::wgmma_commit();
-    prt::wgmma_wait<0>();
+    // waited for further down (wgmma.wait)
   }
   // p[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
   {
@@ -18866,6 +18890,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       }
     }
   }
+  prt::wgmma_wait<0>();
+  prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
   // p_dp[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
   {
     #pragma unroll
@@ -19149,7 +19175,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -19193,6 +19219,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_p_dp);  // p_dp is read only after the wait
       // p_dp[row, col] = select((lse_i[row] != -Infinity), (p[row, col] * p_dp[row, col]), 0.0)
       {
         #pragma unroll
@@ -20943,7 +20971,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // fk[row] = exp((ck[row] / 2.0))
       {
@@ -20970,6 +20998,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_W);  // W is read only after the wait
       // W[row, col] = select((lse_i[row] != -Infinity), (W[row, col] - Dy_i[row]), 0.0)
       {
         #pragma unroll
@@ -21072,7 +21102,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
+        // waited for further down (wgmma.wait)
       }
       // gap[row] = (gap[row] + sk[0])
       {
@@ -21080,6 +21110,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
   prt::cp_async_wait<0>();
@@ -22911,7 +22943,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // fk[row] = exp((ck[row] / 2.0))
           {
@@ -22977,6 +23009,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_W);  // W is read only after the wait
           // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
           {
             float acc[1][8][4];
@@ -23109,7 +23143,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
+            // waited for further down (wgmma.wait)
           }
           // gap[row] = (gap[row] + cq[63])
           {
@@ -23117,6 +23151,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_cq[63])));
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
           prt::fence_proxy_async();
           __syncthreads();
         }

@@ -23,8 +23,18 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 
 // ---- scalar math with the interpreter's semantics ----------------------------------------------
 // Math.max / Math.min propagate NaN; fmaxf / fminf drop it.
-__device__ __forceinline__ float max_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
-__device__ __forceinline__ float min_nan(float a, float b) { return (a != a || b != b) ? __int_as_float(0x7fc00000) : fminf(a, b); }
+// max / min that return NaN when either input is NaN: one instruction (max.NaN, sm_80+), where the
+// comparisons and a select took four (a row max over a 128-key block is 64 of them per thread)
+__device__ __forceinline__ float max_nan(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float min_nan(float a, float b) {
+  float r;
+  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
 __device__ __forceinline__ int max_nan(int a, int b) { return a > b ? a : b; }
 __device__ __forceinline__ int min_nan(int a, int b) { return a < b ? a : b; }
 
@@ -240,6 +250,16 @@ __device__ __forceinline__ void wgmma_commit() {}
 template <int N> __device__ __forceinline__ void wgmma_wait() {}
 __device__ __forceinline__ void fence_proxy_async() {}
 #endif
+/** After a deferred wgmma's wait: its accumulator registers pass through an empty asm, so the
+ * compiler cannot move their reads above the wait (nor keep them in other registers across it). */
+template <int S, int Q> __device__ __forceinline__ void wgmma_fence_regs(float (&d)[S][Q][4]) {
+#pragma unroll
+  for (int j = 0; j < S; ++j)
+#pragma unroll
+    for (int q = 0; q < Q; ++q)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][q][e])::"memory");
+}
 
 /** First position in [lo, hi) of a sorted table whose entry is >= key. */
 template <typename T> __device__ __forceinline__ int lower_bound(const T* t, int lo, int hi, int key) {

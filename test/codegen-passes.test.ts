@@ -3,7 +3,7 @@
 // the LIR validator run on the result. Kernels here are tiny on purpose: each shows one decision.
 
 import { describe, expect, it } from "vitest";
-import { i32, range, traceKernel, type KernelBuilder } from "../dsl/builder.ts";
+import { i32, range, traceKernel, type KernelBuilder, type TensorRef, type Tile, type Val } from "../dsl/builder.ts";
 import type { Kernel } from "../dsl/ir.ts";
 import { fromDsl } from "../codegen/lir.ts";
 import { printLKernel } from "../codegen/lir-print.ts";
@@ -258,6 +258,44 @@ describe("pipeline-loops: tiles used outside the loop", () => {
   it("does not stream a tile read after the loop, or used before it inside an enclosing loop (the next pass runs that use again)", () => {
     expect(streamedIn(false, true)).toBe(false);
     expect(streamedIn(true, false)).toBe(false);
+  });
+});
+
+describe("defer-wgmma-waits", () => {
+  /** q k^T on wgmma, with a gate cumsum that needs none of it, then `after` (sm_90a's final LIR). */
+  const lowered = (after: (k: KernelBuilder, t: { kt: Tile; K: TensorRef; s: Tile; w: Tile; h: Tile; i: Val }) => void): string =>
+    printLKernel(lowerUpTo(kernel("defer", 4, (k) => {
+      const n = k.param("n", "i32");
+      const Q = k.tensor("Q", "bf16", [64, 64], "in"), K = k.tensor("K", "bf16", [n, 64, 64], "in"), G = k.tensor("G", "f32", [n, 64], "in");
+      const Y = k.tensor("Y", "f32", [64, 64], "out");
+      const q = k.shared("q", [64, 64], "bf16"), kt = k.shared("k", [64, 64], "bf16");
+      const g = k.shared("g", [64], "f32"), h = k.shared("h", [64], "f32");
+      const w = k.reg("w", [64, 64], "f32"), s = k.reg("s", [64, 64], "f32");
+      k.load(q, Q, [range(0, 64), range(0, 64)]);
+      k.fill(s, 0);
+      k.for(0, n, (i) => {
+        k.load(kt, K, [i, range(0, 64), range(0, 64)]);
+        k.load(g, G, [i, range(0, 64)]);
+        k.mma(w, q, kt, { transB: true });
+        k.cumsum(h, g, 0);
+        after(k, { kt, K, s, w, h, i });
+      });
+      k.store(Y, [range(0, 64), range(0, 64)], s);
+    }), "defer-wgmma-waits", "sm_90a"));
+  it("waits where the accumulator is first used; the statements between run under the mma", () => {
+    const text = lowered((k, { s, w, h }) => k.map(s, ({ row, col }) => s.at(row, col).add(w.at(row, col).mul(h.at(col)))));
+    expect(text).toContain("    w = mma.wgmma(q, k^T) [64x64 in 16x64 units over 4 warps]\n    h = cumsum(g, axis=0)\n    barrier\n    wgmma.wait (w)\n    s[row, col] =");
+  });
+  it("waits before the barrier ahead of a write to an operand's bytes, and before the loop body's last barrier at the latest", () => {
+    const text = lowered((k, { kt, K, s, w, i }) => {
+      k.load(kt, K, [i.add(1).min(0), range(0, 64), range(0, 64)]); // k again: the other threads may write it after the barrier
+      k.map(s, ({ row, col }) => s.at(row, col).add(w.at(row, col)));
+      k.mma(w, kt, kt, { transB: true }); // its wait: at the loop's end
+    });
+    expect(text).toContain("    h = cumsum(g, axis=0)\n    wgmma.wait (w)\n    barrier\n    k = load");
+    // the barrier at the body's end orders the next iteration's load of k after this mma, so it
+    // waits before it: right where it ends (no wgmma.wait statement)
+    expect(text).toMatch(/w = mma\.wgmma\(k, k\^T\) \[64x64 in 16x64 units over 4 warps\]\n    barrier\n  store Y/);
   });
 });
 

@@ -113,13 +113,15 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const keyBlock = (k0: Val, diagonal: boolean): void => {
       k.load(kt, io.K, [bi, range(k0, B), hk, range(0, spec.d)]); // [B, d]
       k.load(vt, io.V, [bi, range(k0, B), hk, range(0, e)]); // [B, e]
+      if (!diagonal) k.load(gk, io.logG, [bi, range(k0, B), hk]); // [B]
+      // the scores first: on sm_90a the key side of the gate sums runs while the tensor cores
+      // compute them (the lowering's wgmma waits where w is first used)
+      k.mma(w, qt, kt, { transB: true }); // [B, B] = q k^T
       if (diagonal) k.map(ck, ({ row }) => cq.at(row).neg());
       else {
-        k.load(gk, io.logG, [bi, range(k0, B), hk]); // [B]
         k.cumsum(sk, gk, 0, { reverse: true }); // sk[j] = logG[k0+j] + ... + logG[k0+B-1]
         k.map(ck, ({ row }) => sk.at(row).sub(gk.at(row)).add(gap.at(0)));
       }
-      k.mma(w, qt, kt, { transB: true }); // [B, B] = q k^T
       if (diagonal) {
         // log-weights; log|s| = -inf where s = 0 (no weight), so only the causal mask needs a select
         const logWeight = (row: Val, col: Val): Val => w.at(row, col).mul(io.scale).abs().log().mul(p).add(cq.at(row)).add(ck.at(col));

@@ -6,6 +6,7 @@
 // one at a time to their next rendezvous, in thread order or reversed, so a missing barrier shows
 // up as a wrong result. Test-only: included instead of the real header by test/codegen-emu.test.ts.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -93,6 +94,8 @@ struct Fiber {
   unsigned long gen = 0;
   std::deque<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
   std::vector<Copy> open;                // issued, not yet committed
+  // wgmma accumulators in flight: (the registers, the result so far), written back by the wait
+  std::vector<std::pair<float*, std::vector<float>>> pendingWgmma;
 };
 
 struct Warp {
@@ -454,10 +457,18 @@ template <int W> uint64_t wgmma_desc(const void* p, uint32_t lbo, uint32_t sbo) 
   return static_cast<uint64_t>((a & 0x3FFFFu) >> 4) | (static_cast<uint64_t>((lbo & 0x3FFFFu) >> 4) << 16) |
          (static_cast<uint64_t>((sbo & 0x3FFFFu) >> 4) << 32) | (mode << 62);
 }
-// wgmma completes at the instruction here (the generated code waits before any use)
+// wgmma computes at the instruction here, into a shadow of the accumulator that wgmma_wait<0>
+// writes back; until then the registers read NaN, as on the GPU they are not the result (a read
+// before the wait shows, and a write is lost as it would be)
 inline void wgmma_fence() {}
 inline void wgmma_commit() {}
-template <int N> void wgmma_wait() {}
+template <int N> void wgmma_wait() {
+  if (N != 0) return;  // the generated code waits for everything; anything else stays pending here
+  auto& f = emu::self();
+  for (auto& p : f.pendingWgmma) std::memcpy(p.first, p.second.data(), p.second.size() * sizeof(float));
+  f.pendingWgmma.clear();
+}
+template <int S, int Q> void wgmma_fence_regs(float (&)[S][Q][4]) {}
 inline void fence_proxy_async() {}
 
 /** The shared byte address of element (mn, k) of a wgmma operand, decoded from its descriptor as
@@ -516,15 +527,24 @@ template <int N, typename T> struct Wgmma {
             for (int h = 0; h < 2; ++h) A[16 * w + gg + 8 * (rg & 1)][t2 + 8 * (rg >> 1) + h] = b16_to_f32(static_cast<uint16_t>(h ? r[rg] >> 16 : r[rg] & 0xffff), bf);
         }
       }
+      const int first = emu::block->current & ~127;
       for (int x = 0; x < 128; ++x) {
-        float (&dd)[N / 8][4] = *static_cast<float (*)[N / 8][4]>(const_cast<void*>(g.slot[x][0]));
+        float* regs = static_cast<float*>(const_cast<void*>(g.slot[x][0]));
+        auto& pending = emu::block->fibers[first + x].pendingWgmma;
+        auto it = std::find_if(pending.begin(), pending.end(), [regs](const auto& p) { return p.first == regs; });
+        if (it == pending.end()) {
+          pending.emplace_back(regs, std::vector<float>(regs, regs + N / 2));
+          it = pending.end() - 1;
+        }
+        float* dd = it->second.data();
         const int w = x >> 5, l = x & 31, gg = l >> 2, t2 = (l & 3) * 2;
         for (int q = 0; q < N / 8; ++q)
           for (int e = 0; e < 4; ++e) {
             const int m = 16 * w + gg + 8 * (e >> 1), n = 8 * q + t2 + (e & 1);
-            float acc = g.word[0][2] ? dd[q][e] : 0.0f;
+            float acc = g.word[0][2] ? dd[4 * q + e] : 0.0f;
             for (int kk = 0; kk < 16; ++kk) acc += A[m][kk] * B[kk][n];
-            dd[q][e] = acc;
+            dd[4 * q + e] = acc;
+            regs[4 * q + e] = NAN;
           }
       }
     });
