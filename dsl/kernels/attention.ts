@@ -211,13 +211,13 @@ function sharedBytes(s: Spec, sch: Schedule, epilogue: Epilogue): number {
 /** Shared memory of an SM that blocks share (H100 and H200: 228 KB, less 1 KB reserved per block). */
 const SM_SHARED_BYTES = 226 * 1024;
 
-/** The sweep: blocks and warps, pipeline stages, and for blocks of 4 warps or more two blocks an SM
+/** The sweep: blocks and warps, pipeline stages, and for blocks of 4 warps or more two (4 warps: or three) blocks an SM
  * (minBlocks 2: at one block of 8 warps an SM, 185 registers a thread, Nsight Compute saw
  * attention_y latency-bound on the H100, 2026-12-07). */
 function space(cap: number, s: Spec, epilogue: Epilogue): Schedule[] {
   return tileSizes(cap, 128)
     .flatMap((blockT) => [2, 4, 8].filter((w) => 16 * w <= blockT).flatMap((numWarps) => [1, 2, 3].flatMap((stages) =>
-      (numWarps >= 4 ? [1, 2] : [1]).map((minBlocks) => ({ numWarps, blockD: 0, blockT, stages, ...(minBlocks > 1 ? { minBlocks } : {}) })))))
+      (numWarps === 4 ? [1, 2, 3] : numWarps > 4 ? [1, 2] : [1]).map((minBlocks) => ({ numWarps, blockD: 0, blockT, stages, ...(minBlocks > 1 ? { minBlocks } : {}) })))))
     .filter((sch) => sharedBytes(s, sch, epilogue) <= ((sch.minBlocks ?? 1) > 1 ? SM_SHARED_BYTES / sch.minBlocks! : TILE_BUDGET));
 }
 
