@@ -2056,10 +2056,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
 
 // attention_y: Y, lse: causal p-th power attention over the whole sequence (the quadratic form), normalised
 // grid ((($t + 127) // 128), $hq, $b), 256 threads
-extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2(
+extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s1_m2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 100352 bytes of dynamic shared memory
+  // sm_90a: 67584 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -2139,29 +2139,26 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   (void)g_lse_d1;
   (void)g_lse_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[128, 64] swizzle 128
-  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[128, 64] swizzle 128, 2 copies
-  __nv_bfloat16* t_k = t_k_base;
-  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[128, 64] swizzle 128, 2 copies
-  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[128, 64] swizzle 128
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[128, 64] swizzle 128
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16896);  // f32[128] pitch 128
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 82944);  // f32[128] pitch 128, 2 copies
-  float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 84480);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 82944);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 50688);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 51200);  // f32[128] pitch 128
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 50176);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // bf16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][8][4];  // f32[128, 64] as mma fragments: 128x64 in 16x64 units over 8 warps
   // v_finite: bf16[128, 64] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 82944);  // bf16[128, 64] pitch 64
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[128, 64] pitch 64
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 83968);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 50176);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
@@ -2595,159 +2592,82 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
-    {
-      const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
-      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
-      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-        }
-      }
-      else {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-        }
-      }
-    }
-    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
-    {
-      const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
-      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
-      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-        }
-      }
-      else {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-        }
-      }
-    }
-    prt::fence_proxy_async();
-    __syncthreads();
-    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
-    {
-      const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
-      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-      float* const dst = t_gk_base + ((0) % 2) * 128;
-      for (int r = tid; r < 128; r += 256) {
-        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
-        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
-      }
-    }
-  }
-  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
-          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
-          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-            }
-          }
-          else {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-            }
+      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+        __nv_bfloat16* const dst = t_k;
+        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
+            const int r = i / 8, c = (i % 8) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
           }
         }
-        prt::fence_proxy_async();
-        __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
-          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
-          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-            }
-          }
-          else {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-            }
-          }
-        }
-        prt::fence_proxy_async();
-        __syncthreads();
-        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
-          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 128;
-          for (int r = tid; r < 128; r += 256) {
-            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
-            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+        else {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
         }
       }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+        __nv_bfloat16* const dst = t_v;
+        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
+            const int r = i / 8, c = (i % 8) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[prt::swz<128>((r) * 64 + (c))] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          }
+        }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // gk = load.async logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+        float* const dst = t_gk;
+        for (int r = tid; r < 128; r += 256) {
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+        }
+      }
       prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_k = t_k_base + (((v_i0 % 2)) % 2) * 8192;  // bind k stage (i0 % 2)
-      t_v = t_v_base + (((v_i0 % 2)) % 2) * 8192;  // bind v stage (i0 % 2)
-      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
+      prt::cp_async_wait<0>();
       prt::fence_proxy_async();
       __syncthreads();
       // w = mma.wgmma(q, k^T) [128x128 in 16x128 units over 8 warps]
@@ -2996,7 +2916,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       prt::wgmma_fence_regs(f_acc);  // acc is read only after the wait
     }
   }
-  prt::cp_async_wait<0>();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
     #pragma unroll
@@ -3075,7 +2994,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     }
   }
 #else
-  // sm_80: 109568 bytes of dynamic shared memory
+  // sm_80: 72704 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -3155,29 +3074,26 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   (void)g_lse_d1;
   (void)g_lse_d2;
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 0);  // bf16[128, 64] pitch 72
-  __nv_bfloat16* const t_k_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 19456);  // bf16[128, 64] pitch 72, 2 copies
-  __nv_bfloat16* t_k = t_k_base;
-  __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 56320);  // bf16[128, 64] pitch 72, 2 copies
-  __nv_bfloat16* t_v = t_v_base;
+  __nv_bfloat16* const t_k = reinterpret_cast<__nv_bfloat16*>(prt_base + 19456);  // bf16[128, 64] pitch 72
+  __nv_bfloat16* const t_v = reinterpret_cast<__nv_bfloat16*>(prt_base + 37888);  // bf16[128, 64] pitch 72
   float* const t_gq = reinterpret_cast<float*>(prt_base + 18432);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18944);  // f32[128] pitch 128
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 93184);  // f32[128] pitch 128, 2 copies
-  float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 94720);  // f32[128] pitch 128
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 93184);  // f32[128] pitch 128
+  float* const t_gk = reinterpret_cast<float*>(prt_base + 56832);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 57344);  // f32[128] pitch 128
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 56320);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // bf16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][8][4];  // f32[128, 64] as mma fragments: 128x64 in 16x64 units over 8 warps
   // v_finite: bf16[128, 64] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 93184);  // bf16[128, 64] pitch 64
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 56320);  // bf16[128, 64] pitch 64
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 94208);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 56320);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
@@ -3618,156 +3534,80 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
-    {
-      const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
-      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-      __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 9216;
-      if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-        }
-      }
-      else {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-        }
-      }
-    }
-    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
-    {
-      const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
-      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-      __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 9216;
-      if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-        }
-      }
-      else {
-        for (int i = tid; i < 8192; i += 256) {
-          const int r = i / 64, c = i % 64;
-          dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-        }
-      }
-    }
-    __syncthreads();
-    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
-    {
-      const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
-      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-      float* const dst = t_gk_base + ((0) % 2) * 128;
-      for (int r = tid; r < 128; r += 256) {
-        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
-        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
-      }
-    }
-  }
-  prt::cp_async_commit();
   {
     const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
-          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-          __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
-          if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
-            }
-          }
-          else {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-            }
+      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
+        const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
+        __nv_bfloat16* const dst = t_k;
+        if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
+            const int r = i / 8, c = (i % 8) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
           }
         }
-        __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
-          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-          __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
-          if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
-            }
-          }
-          else {
-            for (int i = tid; i < 8192; i += 256) {
-              const int r = i / 64, c = i % 64;
-              dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
-            }
-          }
-        }
-        __syncthreads();
-        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
-          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 128;
-          for (int r = tid; r < 128; r += 256) {
-            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
-            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+        else {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
           }
         }
       }
+      __syncthreads();
+      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const int s3 = 0;
+        const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
+        const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
+        __nv_bfloat16* const dst = t_v;
+        if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
+            const int r = i / 8, c = (i % 8) * 8;
+            const int gr = s1 + r;
+            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
+            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          }
+        }
+        else {
+          for (int i = tid; i < 8192; i += 256) {
+            const int r = i / 64, c = i % 64;
+            dst[(r) * 72 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<__nv_bfloat16>(0.0f);
+          }
+        }
+      }
+      __syncthreads();
+      // gk = load.async logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
+      {
+        const int a0 = static_cast<int>(blockIdx.z);
+        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
+        const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
+        const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
+        float* const dst = t_gk;
+        for (int r = tid; r < 128; r += 256) {
+          const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
+          prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
+        }
+      }
       prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_k = t_k_base + (((v_i0 % 2)) % 2) * 9216;  // bind k stage (i0 % 2)
-      t_v = t_v_base + (((v_i0 % 2)) % 2) * 9216;  // bind v stage (i0 % 2)
-      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 128;  // bind gk stage (i0 % 2)
+      prt::cp_async_wait<0>();
       __syncthreads();
       // w = mma.tc(q, k^T) [128x128 in 16x128 units over 8 warps]
       {
@@ -4034,7 +3874,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  prt::cp_async_wait<0>();
   // acc[row, col] = select(finite(select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0)), select((row_sum[row] != 0.0), (acc[row, col] / row_sum[row]), 0.0), NaN)
   {
     #pragma unroll
@@ -25531,10 +25370,10 @@ extern "C" cudaError_t prt_attention_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(d
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 109568);
+extern "C" cudaError_t prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s1_m2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, __nv_bfloat16* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s1_m2, cudaFuncAttributeMaxDynamicSharedMemorySize, 72704);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s2<<<grid, 256, 109568, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d64_e64_c64_bf16_w8_bd0_bt128_s1_m2<<<grid, 256, 72704, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
