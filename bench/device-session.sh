@@ -3,7 +3,7 @@
 # against the interpreter and the float64 reference, then time ours beside PyTorch SDPA in the same
 # run. Every log goes under $OUT (default ./device-out). Needs node, nvcc, python3 with torch on PATH;
 # a .device/setup.sh beside it, when there is one, is sourced first to provide them.
-# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
+# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|sm80|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 if [[ -f .device/setup.sh ]]; then source .device/setup.sh > "$OUT/setup.log" 2>&1; fi
@@ -94,6 +94,14 @@ for step in "${@:-all}"; do
       echo "issue23 binding rc=$?"; tail -3 "$OUT/issue23-binding.err"
       python3 bench/issue23_report.py --sdpa "$OUT/issue23-sdpa.log" --ours "$OUT/issue23-ours.log" --binding "$OUT/issue23-binding.log" --out "$OUT" \
         || echo "issue23 report failed" ;;
+    sm80)
+      # issue 23: the sm_80 path from a build with only compute_80 PTX (the driver JIT-compiles it for
+      # this GPU; the sm_90a bodies are not in it), through the GPU tests of SM80_SPECS (d:chunks:dtypes)
+      IFS=: read -r dd cc tt <<< "${SM80_SPECS:-64:64:bf16,f16}"
+      node codegen/bin.mjs gen --arch sm_80 --deg 2 --d "$dd" --chunk "$cc" --dtype "$tt" --out build/generated/sm80 --build-dir build/generated/sm80 --compile --jobs 16 > "$OUT/sm80-build.log" 2>&1 || { tail -20 "$OUT/sm80-build.log"; continue; }
+      grep -c "compute_90a\|sm_90a" build/generated/sm80/Makefile | sed 's/^/sm_90a mentions in the sm80 Makefile: /'
+      RETENTION_KERNELS=$PWD/build/generated/sm80 PRT_REQUIRE_GPU=1 PRT_GPU_SPECS="${SM80_GPU_SPECS:-p2_d64_e64_c64_(bf16|f16)}" timeout ${GPU_TEST_LIMIT:-300} node node_modules/vitest/vitest.mjs run test/gpu > "$OUT/gpu-tests-sm80.log" 2>&1
+      echo "sm80 gpu tests rc=$?"; grep -E "Tests |worst|^p2_" "$OUT/gpu-tests-sm80.log" | tail -12 ;;
     algorithms)
       # the algorithm table (dsl/algorithm.ts): quadratic vs chunked fwd+bwd over t and b*h, into $OUT/algorithms.json
       cp codegen/algorithms.json "$OUT/algorithms.json"

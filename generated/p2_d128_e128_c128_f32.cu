@@ -9,7 +9,7 @@
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 119184 bytes of dynamic shared memory
+  // sm_80: 119056 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -105,24 +105,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
   float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17024);  // f32[32] pitch 32
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 94096);  // f32[32] pitch 32, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 93968);  // f32[32] pitch 32, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 94608);  // f32[32] pitch 32
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 88848);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17152);  // f32[1] pitch 1
   float* const t_w = reinterpret_cast<float*>(prt_base + 84752);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[32, 32] pitch 36
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89232);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102288);  // f32[32, 128] pitch 132
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 94096);  // bf16[32, 128] pitch 128
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102160);  // f32[32, 128] pitch 132
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 93968);  // bf16[32, 128] pitch 128
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88976);  // f32[32] pitch 32
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 93968);  // f32[32] pitch 32
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 89232);  // f32[32] pitch 32
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88848);  // f32[32] pitch 32
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 93840);  // f32[32] pitch 32
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 88976);  // f32[32] pitch 32
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 94224);  // f32[32] pitch 32
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -133,7 +133,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -231,7 +233,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -256,7 +260,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -468,7 +474,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -493,7 +501,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -538,7 +548,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -564,7 +576,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -643,22 +657,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
         }
       }
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 32; r += 64) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       __syncthreads();
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         for (int i = tid; i < 1024; i += 64) {
           const int r = i / 32, c = i % 32;
-          t_w[(r) * 32 + (c)] = prt::from_f32<float>((fabsf((prt::to_f32(t_w[(r) * 32 + (c)]) * p_scale)) * prt::to_f32(t_fk[c])));
+          t_w[(r) * 32 + (c)] = prt::from_f32<float>((fabsf(prt::to_f32(t_w[(r) * 32 + (c)])) * prt::to_f32(t_fk[c])));
         }
       }
       __syncthreads();
@@ -1008,7 +1018,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1033,7 +1045,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 4096; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1212,7 +1226,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 3584; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 14; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 28, c = (i % 28) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1399,7 +1415,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 3072; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 12; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 24, c = (i % 24) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1586,7 +1604,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k3;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2560; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 10; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 20, c = (i % 20) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1773,7 +1793,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k4;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1952,7 +1974,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k5;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1536; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 6; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 12, c = (i % 12) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2139,7 +2163,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k6;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2320,7 +2346,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k7;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2699,7 +2727,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -2768,7 +2798,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -3171,7 +3203,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3304,7 +3338,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s0_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 4096; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 32; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3385,7 +3421,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q1;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 896; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 7; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 28, c = (i % 28) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3416,7 +3454,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s1_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 3584; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 28; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3497,7 +3537,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q2;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 768; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 6; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 24, c = (i % 24) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3528,7 +3570,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s2_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 3072; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 24; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3609,7 +3653,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q3;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 640; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 5; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 20, c = (i % 20) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3640,7 +3686,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s3_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2560; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 20; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3721,7 +3769,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q4;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3752,7 +3802,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s4_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3833,7 +3885,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q5;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 384; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 3; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 12, c = (i % 12) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3864,7 +3918,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s5_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1536; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 12; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3945,7 +4001,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q6;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3976,7 +4034,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s6_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4057,7 +4117,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q7;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 128; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4088,7 +4150,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s7_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4501,7 +4565,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4526,7 +4592,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -4656,7 +4724,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4681,7 +4751,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -4878,7 +4950,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4903,7 +4977,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -4948,7 +5024,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4973,7 +5051,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5478,7 +5558,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -5503,7 +5585,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -5528,7 +5612,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy_row;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -5553,7 +5639,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
@@ -5780,7 +5868,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 4096; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 32; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -6148,7 +6238,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6173,7 +6265,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -6309,7 +6403,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6334,7 +6430,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -6502,7 +6600,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6527,7 +6627,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -6572,7 +6674,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6597,7 +6701,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7002,7 +7108,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -7027,7 +7135,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7189,7 +7299,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7214,7 +7326,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7457,7 +7571,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7482,7 +7598,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8071,7 +8189,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_fdy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8165,7 +8285,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8201,7 +8323,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 4096; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8346,7 +8470,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8381,7 +8507,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 4096; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 16; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8574,7 +8702,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8610,7 +8740,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 3584; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 14; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 28, c = (i % 28) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8759,7 +8891,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8794,7 +8928,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 3584; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 14; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 28, c = (i % 28) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8994,7 +9130,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9030,7 +9168,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 3072; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 12; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 24, c = (i % 24) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9179,7 +9319,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9214,7 +9356,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 3072; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 12; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 24, c = (i % 24) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9414,7 +9558,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9450,7 +9596,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q3;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2560; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 10; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 20, c = (i % 20) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9599,7 +9747,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9634,7 +9784,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q3;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2560; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 10; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 20, c = (i % 20) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9834,7 +9986,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9870,7 +10024,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q4;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10015,7 +10171,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10050,7 +10208,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q4;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10244,7 +10404,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10280,7 +10442,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q5;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1536; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 6; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 12, c = (i % 12) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10429,7 +10593,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10464,7 +10630,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q5;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1536; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 6; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 12, c = (i % 12) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10664,7 +10832,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10700,7 +10870,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q6;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10847,7 +11019,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10882,7 +11056,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q6;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 8, c = (i % 8) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11076,7 +11252,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11112,7 +11290,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q7;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 4, c = (i % 4) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11259,7 +11439,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11294,7 +11476,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q7;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 512; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 4, c = (i % 4) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11678,7 +11862,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -11727,7 +11913,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -11795,7 +11983,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -11845,7 +12035,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -12274,7 +12466,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
         float* const dst = t_k;
         if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12299,7 +12493,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
         float* const dst = t_v;
         if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12362,7 +12558,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
             float* const dst = t_U_f32;
             if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 2048; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -13120,7 +13318,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVa_s0 + static_cast<long long>(s1) * g_dVa_s1 + static_cast<long long>(a2) * g_dVa_s2 + static_cast<long long>(s3) * g_dVa_s3;
         float* const dst = t_a_e;
         if (prt::aligned16(g_dVa) && base % 4 == 0 && g_dVa_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dVa_d1 ? g_dVa_d3 - (s3 + c) : 0;
@@ -13145,7 +13345,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVs_s0 + static_cast<long long>(s1) * g_dVs_s1 + static_cast<long long>(a2) * g_dVs_s2 + static_cast<long long>(s3) * g_dVs_s3;
         float* const dst = t_b_e;
         if (prt::aligned16(g_dVs) && base % 4 == 0 && g_dVs_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dVs_d1 ? g_dVs_d3 - (s3 + c) : 0;
@@ -13401,7 +13603,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -13473,7 +13677,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 2112;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s2 + r;
           const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -13526,7 +13732,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 2112;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s2 + r;
               const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -13691,7 +13899,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
       const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
       float* const dst = t_k_base + ((0) % 2) * 8448;
       if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
@@ -13722,7 +13932,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
           const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
           float* const dst = t_k_base + ((((v_i1 + 1) % 2)) % 2) * 8448;
           if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
@@ -13752,7 +13964,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_f
         const long long base = static_cast<long long>(a0) * g_Vc_s0 + static_cast<long long>(s1) * g_Vc_s1 + static_cast<long long>(a2) * g_Vc_s2 + static_cast<long long>(s3) * g_Vc_s3;
         float* const dst = t_v;
         if (prt::aligned16(g_Vc) && base % 4 == 0 && g_Vc_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Vc_d1 ? g_Vc_d3 - (s3 + c) : 0;
@@ -14113,7 +14327,9 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(a1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 32; i += 32) {
+      #pragma unroll
+      for (int u = 0; u < 1; ++u) {
+        const int i = tid + u * 32;
         const int c = i * 4;
         const long long left = ok ? g_K_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -14154,7 +14370,9 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(a1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 32; i += 32) {
+      #pragma unroll
+      for (int u = 0; u < 1; ++u) {
+        const int i = tid + u * 32;
         const int c = i * 4;
         const long long left = ok ? g_V_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -14370,9 +14588,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c1
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119184);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119056);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 119184, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 119056, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -106,9 +106,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
   __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 83200);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -122,7 +122,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
   {
@@ -134,7 +134,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -242,7 +244,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -267,7 +271,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -556,7 +562,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -581,7 +589,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -596,8 +606,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
         }
       }
     }
-    prt::fence_proxy_async();
-    __syncthreads();
     // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -627,7 +635,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -654,7 +664,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -669,8 +681,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
             }
           }
         }
-        prt::fence_proxy_async();
-        __syncthreads();
         // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
@@ -723,21 +733,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 64; r += 128) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
       prt::wgmma_wait<0>();
       prt::wgmma_fence_regs(f_w);  // w is read only after the wait
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -749,7 +755,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
+              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -1011,7 +1017,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     }
   }
 #else
-  // sm_80: 104192 bytes of dynamic shared memory
+  // sm_80: 103936 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -1107,23 +1113,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
   __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 87808);  // f32[64] pitch 64, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 87552);  // f32[64] pitch 64, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 88576);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 88320);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 87552);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17408);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   // v_finite: f16[64, 128] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 87808);  // bf16[64, 128] pitch 128
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 87552);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 88320);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 88064);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
   {
@@ -1135,7 +1141,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -1241,7 +1249,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1266,7 +1276,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1474,6 +1486,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       }
     }
   }
+  __syncthreads();
   // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
   {
     for (int i = tid; i < 8192; i += 128) {
@@ -1565,7 +1578,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1590,7 +1605,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1635,7 +1652,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1661,7 +1680,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1743,18 +1764,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
         }
       }
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 64; r += 128) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       __syncthreads();
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -1766,7 +1783,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
+              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -2128,9 +2145,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
   __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 83200);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
@@ -2144,7 +2161,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_lse_t[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -2157,7 +2174,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -2265,7 +2284,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2290,7 +2311,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -2579,7 +2602,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2604,7 +2629,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -2619,8 +2646,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
         }
       }
     }
-    prt::fence_proxy_async();
-    __syncthreads();
     // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -2650,7 +2675,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2677,7 +2704,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -2692,8 +2721,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
             }
           }
         }
-        prt::fence_proxy_async();
-        __syncthreads();
         // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
@@ -2746,21 +2773,17 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 64; r += 128) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
       prt::wgmma_wait<0>();
       prt::wgmma_fence_regs(f_w);  // w is read only after the wait
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -2772,7 +2795,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
+              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -3044,7 +3067,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     }
   }
 #else
-  // sm_80: 104192 bytes of dynamic shared memory
+  // sm_80: 103936 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -3130,23 +3153,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
   __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 87808);  // f32[64] pitch 64, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 87552);  // f32[64] pitch 64, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 88576);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 88320);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 87552);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17408);  // f32[1] pitch 1
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
   // v_finite: f16[64, 128] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 87808);  // bf16[64, 128] pitch 128
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 87552);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_block_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_block_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_alpha[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 88320);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 88064);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_lse_t[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+128]
@@ -3159,7 +3182,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3265,7 +3290,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -3290,7 +3317,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -3498,6 +3527,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       }
     }
   }
+  __syncthreads();
   // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
   {
     for (int i = tid; i < 8192; i += 128) {
@@ -3589,7 +3619,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -3614,7 +3646,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -3659,7 +3693,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -3685,7 +3721,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -3767,18 +3805,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
         }
       }
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 64; r += 128) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       __syncthreads();
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -3790,7 +3824,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
+              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -4261,7 +4295,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -4286,7 +4322,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4742,7 +4780,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 768; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 3; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 12, c = (i % 12) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5204,7 +5244,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k4;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 8, c = (i % 8) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5660,7 +5702,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k6;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 1; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6321,7 +6365,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -6390,7 +6436,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -6974,7 +7022,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s0_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 4096; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 32; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -7107,7 +7157,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s1_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 3584; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 28; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -7241,7 +7293,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s2_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 3072; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 24; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -7375,7 +7429,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s3_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2560; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 20; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -7509,7 +7565,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s4_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -7643,7 +7701,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s5_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1536; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 12; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -7777,7 +7837,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s6_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -7911,7 +7973,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s7_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -8349,7 +8413,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8374,7 +8440,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8506,7 +8574,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -8531,7 +8601,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -8714,7 +8786,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -8739,7 +8813,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -8785,7 +8861,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -8810,7 +8888,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -9201,7 +9281,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9226,7 +9308,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9324,7 +9408,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -9349,7 +9435,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -9557,7 +9645,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -9582,7 +9672,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -9626,7 +9718,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -9651,7 +9745,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -10179,7 +10275,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __half* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10220,7 +10318,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
@@ -10494,7 +10594,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 4096; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 32; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -10881,7 +10983,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10906,7 +11010,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11074,7 +11180,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -11099,7 +11207,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -11281,7 +11391,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -11306,7 +11418,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -11352,7 +11466,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -11377,7 +11493,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -11789,7 +11907,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11814,7 +11934,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11980,7 +12102,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12005,7 +12129,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12216,7 +12342,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12241,7 +12369,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12286,7 +12416,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12311,7 +12443,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12787,7 +12921,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12812,7 +12948,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12967,7 +13105,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -12992,7 +13132,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -13317,7 +13459,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -13342,7 +13486,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -14168,7 +14314,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 16, c = (i % 16) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -14372,7 +14520,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -15083,7 +15233,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 768; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 3; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 12, c = (i % 12) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -15293,7 +15445,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 768; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 3; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 12, c = (i % 12) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -16005,7 +16159,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q4;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 8, c = (i % 8) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -16209,7 +16365,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q4;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 512; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 8, c = (i % 8) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -16921,7 +17079,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q6;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 1; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 4, c = (i % 4) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -17131,7 +17291,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q6;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 256; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 1; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 4, c = (i % 4) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -18005,7 +18167,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -18054,7 +18218,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -18122,7 +18288,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -18172,7 +18340,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -18606,7 +18776,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
         __half* const dst = t_k;
         if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 16, c = (i % 16) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -18694,7 +18866,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
             float* const dst = t_U_f32;
             if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -19590,7 +19764,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVa_s0 + static_cast<long long>(s1) * g_dVa_s1 + static_cast<long long>(a2) * g_dVa_s2 + static_cast<long long>(s3) * g_dVa_s3;
         float* const dst = t_a_e;
         if (prt::aligned16(g_dVa) && base % 4 == 0 && g_dVa_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dVa_d1 ? g_dVa_d3 - (s3 + c) : 0;
@@ -19615,7 +19791,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVs_s0 + static_cast<long long>(s1) * g_dVs_s1 + static_cast<long long>(a2) * g_dVs_s2 + static_cast<long long>(s3) * g_dVs_s3;
         float* const dst = t_b_e;
         if (prt::aligned16(g_dVs) && base % 4 == 0 && g_dVs_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dVs_d1 ? g_dVs_d3 - (s3 + c) : 0;
@@ -19835,7 +20013,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -19860,7 +20040,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -19992,7 +20174,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -20017,7 +20201,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -20200,7 +20386,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -20225,7 +20413,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -20271,7 +20461,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -20296,7 +20488,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -20715,7 +20909,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -20740,7 +20936,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -20838,7 +21036,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -20863,7 +21063,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -21071,7 +21273,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -21096,7 +21300,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -21140,7 +21346,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -21165,7 +21373,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -21596,7 +21806,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -21621,7 +21833,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -21789,7 +22003,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -21814,7 +22030,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -21996,7 +22214,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -22021,7 +22241,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -22067,7 +22289,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -22092,7 +22316,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -22504,7 +22730,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -22529,7 +22757,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -22695,7 +22925,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -22720,7 +22952,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -22931,7 +23165,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -22956,7 +23192,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -23001,7 +23239,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -23026,7 +23266,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -23502,7 +23744,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -23527,7 +23771,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -23682,7 +23928,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -23707,7 +23955,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -24032,7 +24282,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -24057,7 +24309,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -24781,7 +25035,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -24851,7 +25107,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f1
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 8448;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s2 + r;
           const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -24904,7 +25162,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f1
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 8448;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s2 + r;
               const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -25707,16 +25967,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c6
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 104192);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 103936);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 104192, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d128_e128_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 103936, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, __half* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 104192);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 103936);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 104192, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 103936, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

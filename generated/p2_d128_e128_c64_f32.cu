@@ -9,7 +9,7 @@
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 119184 bytes of dynamic shared memory
+  // sm_80: 119056 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -105,24 +105,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
   float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17024);  // f32[32] pitch 32
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 94096);  // f32[32] pitch 32, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 93968);  // f32[32] pitch 32, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 94608);  // f32[32] pitch 32
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 88848);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17152);  // f32[1] pitch 1
   float* const t_w = reinterpret_cast<float*>(prt_base + 84752);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[32, 32] pitch 36
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89232);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102288);  // f32[32, 128] pitch 132
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 94096);  // bf16[32, 128] pitch 128
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102160);  // f32[32, 128] pitch 132
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 93968);  // bf16[32, 128] pitch 128
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88976);  // f32[32] pitch 32
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 93968);  // f32[32] pitch 32
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 89232);  // f32[32] pitch 32
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88848);  // f32[32] pitch 32
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 93840);  // f32[32] pitch 32
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 88976);  // f32[32] pitch 32
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 94224);  // f32[32] pitch 32
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -133,7 +133,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -231,7 +233,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -256,7 +260,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -468,7 +474,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -493,7 +501,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -538,7 +548,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -564,7 +576,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -643,22 +657,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
         }
       }
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 32; r += 64) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       __syncthreads();
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         for (int i = tid; i < 1024; i += 64) {
           const int r = i / 32, c = i % 32;
-          t_w[(r) * 32 + (c)] = prt::from_f32<float>((fabsf((prt::to_f32(t_w[(r) * 32 + (c)]) * p_scale)) * prt::to_f32(t_fk[c])));
+          t_w[(r) * 32 + (c)] = prt::from_f32<float>((fabsf(prt::to_f32(t_w[(r) * 32 + (c)])) * prt::to_f32(t_fk[c])));
         }
       }
       __syncthreads();
@@ -838,7 +848,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 119312 bytes of dynamic shared memory
+  // sm_80: 119184 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -924,24 +934,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
   float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17024);  // f32[32] pitch 32
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 94224);  // f32[32] pitch 32, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 94096);  // f32[32] pitch 32, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 94736);  // f32[32] pitch 32
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 94608);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 88976);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 17280);  // f32[1] pitch 1
   float* const t_w = reinterpret_cast<float*>(prt_base + 84880);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_base + 89488);  // f32[32, 32] pitch 36
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102416);  // f32[32, 128] pitch 132
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 94224);  // bf16[32, 128] pitch 128
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102288);  // f32[32, 128] pitch 132
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 94096);  // bf16[32, 128] pitch 128
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 17152);  // f32[32] pitch 32
   float* const t_row_sum = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 94096);  // f32[32] pitch 32
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 89232);  // f32[32] pitch 32
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 89360);  // f32[32] pitch 32
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94608);  // f32[32] pitch 32
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88976);  // f32[32] pitch 32
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 93968);  // f32[32] pitch 32
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 89232);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
   float f_lse_t[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
@@ -953,7 +963,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -1041,7 +1053,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1066,7 +1080,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1270,7 +1286,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1295,7 +1313,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1340,7 +1360,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1366,7 +1388,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1445,22 +1469,18 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
         }
       }
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 32; r += 64) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       __syncthreads();
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         for (int i = tid; i < 1024; i += 64) {
           const int r = i / 32, c = i % 32;
-          t_w[(r) * 32 + (c)] = prt::from_f32<float>((fabsf((prt::to_f32(t_w[(r) * 32 + (c)]) * p_scale)) * prt::to_f32(t_fk[c])));
+          t_w[(r) * 32 + (c)] = prt::from_f32<float>((fabsf(prt::to_f32(t_w[(r) * 32 + (c)])) * prt::to_f32(t_fk[c])));
         }
       }
       __syncthreads();
@@ -1821,7 +1841,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1846,7 +1868,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2025,7 +2049,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1792; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 7; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 28, c = (i % 28) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2212,7 +2238,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1536; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 6; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 24, c = (i % 24) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2393,7 +2421,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k3;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1280; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 5; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 20, c = (i % 20) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2580,7 +2610,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k4;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2759,7 +2791,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k5;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 768; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 3; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 12, c = (i % 12) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2946,7 +2980,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k6;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -3127,7 +3163,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k7;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 1; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -3506,7 +3544,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -3575,7 +3615,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -3978,7 +4020,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4111,7 +4155,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s0_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 4096; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 32; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4192,7 +4238,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q1;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 896; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 7; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 28, c = (i % 28) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4223,7 +4271,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s1_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 3584; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 28; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4304,7 +4354,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q2;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 768; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 6; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 24, c = (i % 24) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4335,7 +4387,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s2_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 3072; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 24; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4416,7 +4470,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q3;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 640; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 5; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 20, c = (i % 20) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4447,7 +4503,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s3_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2560; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 20; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4528,7 +4586,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q4;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4559,7 +4619,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s4_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4640,7 +4702,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q5;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 384; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 3; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 12, c = (i % 12) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4671,7 +4735,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s5_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1536; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 12; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4752,7 +4818,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q6;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4783,7 +4851,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s6_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4864,7 +4934,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q7;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 128; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4895,7 +4967,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s7_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -5310,7 +5384,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -5335,7 +5411,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -5465,7 +5543,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5490,7 +5570,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5687,7 +5769,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5712,7 +5796,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5757,7 +5843,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5782,7 +5870,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_p2_d128_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -6287,7 +6377,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -6312,7 +6404,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6337,7 +6431,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy_row;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -6362,7 +6458,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
@@ -6589,7 +6687,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 4096; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 32; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -6957,7 +7057,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6982,7 +7084,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7118,7 +7222,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -7143,7 +7249,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7311,7 +7419,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -7336,7 +7446,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7381,7 +7493,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -7406,7 +7520,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7811,7 +7927,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -7836,7 +7954,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7998,7 +8118,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8023,7 +8145,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8266,7 +8390,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8291,7 +8417,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8880,7 +9008,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_fdy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8974,7 +9104,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9010,7 +9142,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9155,7 +9289,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9190,7 +9326,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9383,7 +9521,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9419,7 +9559,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1792; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 7; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 28, c = (i % 28) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9568,7 +9710,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9603,7 +9747,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1792; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 7; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 28, c = (i % 28) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9803,7 +9949,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9839,7 +9987,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1536; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 6; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 24, c = (i % 24) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9986,7 +10136,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10021,7 +10173,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1536; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 6; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 24, c = (i % 24) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10215,7 +10369,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10251,7 +10407,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q3;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1280; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 5; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 20, c = (i % 20) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10400,7 +10558,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10435,7 +10595,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q3;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1280; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 5; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 20, c = (i % 20) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10635,7 +10797,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10671,7 +10835,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q4;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10816,7 +10982,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10851,7 +11019,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q4;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11045,7 +11215,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11081,7 +11253,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q5;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 768; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 3; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 12, c = (i % 12) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11230,7 +11404,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11265,7 +11441,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q5;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 768; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 3; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 12, c = (i % 12) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11465,7 +11643,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11501,7 +11681,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q6;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11648,7 +11830,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11683,7 +11867,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q6;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 512; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 8, c = (i % 8) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11877,7 +12063,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11913,7 +12101,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q7;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 1; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 4, c = (i % 4) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -12060,7 +12250,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 32, c = (i % 32) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -12095,7 +12287,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q7;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 256; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 1; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 4, c = (i % 4) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -12479,7 +12673,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -12528,7 +12724,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -12596,7 +12794,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -12646,7 +12846,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -13075,7 +13277,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
         float* const dst = t_k;
         if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -13100,7 +13304,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
         float* const dst = t_v;
         if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -13163,7 +13369,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
             float* const dst = t_U_f32;
             if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 2048; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -13921,7 +14129,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVa_s0 + static_cast<long long>(s1) * g_dVa_s1 + static_cast<long long>(a2) * g_dVa_s2 + static_cast<long long>(s3) * g_dVa_s3;
         float* const dst = t_a_e;
         if (prt::aligned16(g_dVa) && base % 4 == 0 && g_dVa_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dVa_d1 ? g_dVa_d3 - (s3 + c) : 0;
@@ -13946,7 +14156,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVs_s0 + static_cast<long long>(s1) * g_dVs_s1 + static_cast<long long>(a2) * g_dVs_s2 + static_cast<long long>(s3) * g_dVs_s3;
         float* const dst = t_b_e;
         if (prt::aligned16(g_dVs) && base % 4 == 0 && g_dVs_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dVs_d1 ? g_dVs_d3 - (s3 + c) : 0;
@@ -14165,7 +14377,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -14190,7 +14404,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -14320,7 +14536,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -14345,7 +14563,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -14542,7 +14762,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -14567,7 +14789,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -14612,7 +14836,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -14637,7 +14863,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_prep_y_p2_d12
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -15089,7 +15317,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -15114,7 +15344,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -15250,7 +15482,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -15275,7 +15509,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -15443,7 +15679,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -15468,7 +15706,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4224;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 64) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 64;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -15513,7 +15753,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -15538,7 +15780,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4224;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 64) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 64;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -15943,7 +16187,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -15968,7 +16214,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -16130,7 +16378,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -16155,7 +16405,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -16398,7 +16650,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -16423,7 +16677,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 1024; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 32, c = (i % 32) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -17045,7 +17301,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 32, c = (i % 32) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -17117,7 +17375,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 2112;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s2 + r;
           const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -17170,7 +17430,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 2112;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s2 + r;
               const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -17335,7 +17597,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
       const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
       float* const dst = t_k_base + ((0) % 2) * 8448;
       if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 32, c = (i % 32) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
@@ -17366,7 +17630,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
           const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
           float* const dst = t_k_base + ((((v_i1 + 1) % 2)) % 2) * 8448;
           if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 32, c = (i % 32) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
@@ -17396,7 +17662,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f3
         const long long base = static_cast<long long>(a0) * g_Vc_s0 + static_cast<long long>(s1) * g_Vc_s1 + static_cast<long long>(a2) * g_Vc_s2 + static_cast<long long>(s3) * g_Vc_s3;
         float* const dst = t_v;
         if (prt::aligned16(g_Vc) && base % 4 == 0 && g_Vc_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 32, c = (i % 32) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Vc_d1 ? g_Vc_d3 - (s3 + c) : 0;
@@ -17757,7 +18025,9 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(a1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 32; i += 32) {
+      #pragma unroll
+      for (int u = 0; u < 1; ++u) {
+        const int i = tid + u * 32;
         const int c = i * 4;
         const long long left = ok ? g_K_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -17798,7 +18068,9 @@ extern "C" __global__ void __launch_bounds__(32) prt_cache_append_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(a1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 32; i += 32) {
+      #pragma unroll
+      for (int u = 0; u < 1; ++u) {
+        const int i = tid + u * 32;
         const int c = i * 4;
         const long long left = ok ? g_V_d3 - (s3 + c) : 0;
         const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
@@ -18014,16 +18286,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c6
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119184);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119056);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 119184, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 119056, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119312);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119184);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 119312, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 119184, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

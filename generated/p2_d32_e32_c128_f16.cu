@@ -10,7 +10,7 @@
 extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_f16_w8_bd0_bt128_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 51712 bytes of dynamic shared memory
+  // sm_90a: 51200 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -106,23 +106,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 8192);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8704);  // f32[128] pitch 128
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 42496);  // f32[128] pitch 128, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 41984);  // f32[128] pitch 128, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 44032);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 43520);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 41984);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // f16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
   // v_finite: f16[128, 32] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 42496);  // bf16[128, 32] pitch 32
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 41984);  // bf16[128, 32] pitch 32
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 43520);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 43008);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
   {
@@ -134,7 +134,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -242,7 +244,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -267,7 +271,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -463,6 +469,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
   }
+  prt::fence_proxy_async();
+  __syncthreads();
   // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
   {
     for (int i = tid; i < 4096; i += 256) {
@@ -558,7 +566,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -583,7 +593,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -629,7 +641,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 512; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -656,7 +670,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 512; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -725,21 +741,17 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 128; r += 256) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       prt::fence_proxy_async();
       __syncthreads();
       prt::wgmma_wait<0>();
       prt::wgmma_fence_regs(f_w);  // w is read only after the wait
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -751,7 +763,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
+              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -1013,7 +1025,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     }
   }
 #else
-  // sm_80: 60928 bytes of dynamic shared memory
+  // sm_80: 60416 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -1109,23 +1121,23 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   __half* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 10240);  // f32[128] pitch 128
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10752);  // f32[128] pitch 128
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 52736);  // f32[128] pitch 128, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 52224);  // f32[128] pitch 128, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 54272);  // f32[128] pitch 128
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 53760);  // f32[128] pitch 128
   float* const t_ck = reinterpret_cast<float*>(prt_base + 52224);  // f32[128] pitch 128
   float* const t_gap = reinterpret_cast<float*>(prt_base + 10240);  // f32[1] pitch 1
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // f16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
   // v_finite: f16[128, 32] computed in registers by its mma group
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 52736);  // bf16[128, 32] pitch 32
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 52224);  // bf16[128, 32] pitch 32
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float f_block_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_block_sum[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_alpha[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
   float f_shift[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 53760);  // f32[128] pitch 128
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 53248);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
   {
@@ -1137,7 +1149,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -1243,7 +1257,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1268,7 +1284,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1476,6 +1494,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
   }
+  __syncthreads();
   // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
   {
     for (int i = tid; i < 4096; i += 256) {
@@ -1569,7 +1588,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 5120;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1594,7 +1615,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 5120;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1639,7 +1662,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 5120;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 512; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1665,7 +1690,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 5120;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 512; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1747,18 +1774,14 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
         }
       }
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 128; r += 256) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       __syncthreads();
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -1770,7 +1793,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
+              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -2177,7 +2200,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -2202,7 +2227,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2427,7 +2454,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 2, c = (i % 2) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2852,7 +2881,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -2921,7 +2952,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 8, c = (i % 8) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -3462,7 +3495,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s0_f32_base + ((0) % 2) * 1152;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3494,7 +3529,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1152;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 256; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 8, c = (i % 8) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3628,7 +3665,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s1_f32_base + ((0) % 2) * 576;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 128; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 1; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3660,7 +3699,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 576;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 128; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 1; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 8, c = (i % 8) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4170,7 +4211,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4195,7 +4238,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -4327,7 +4372,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4352,7 +4399,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -4535,7 +4584,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4560,7 +4611,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -4606,7 +4659,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4631,7 +4686,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5022,7 +5079,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -5047,7 +5106,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -5145,7 +5206,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5170,7 +5233,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5378,7 +5443,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5403,7 +5470,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5447,7 +5516,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5472,7 +5543,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -6000,7 +6073,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __half* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6041,7 +6116,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
@@ -6320,7 +6397,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_f32_base + ((0) % 2) * 1024;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 8, c = (i % 8) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -6352,7 +6431,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 256; i += 128) {
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int i = tid + u * 128;
                   const int r = i / 8, c = (i % 8) * 4;
                   const int gr = s3 + r;
                   const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -6751,7 +6832,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6776,7 +6859,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -6944,7 +7029,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6969,7 +7056,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7151,7 +7240,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -7176,7 +7267,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7222,7 +7315,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -7247,7 +7342,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7659,7 +7756,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7684,7 +7783,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7850,7 +7951,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -7875,7 +7978,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -8086,7 +8191,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -8111,7 +8218,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -8156,7 +8265,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -8181,7 +8292,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 4, c = (i % 4) * 8;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -8658,7 +8771,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -8683,7 +8798,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -8850,7 +8967,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 4, c = (i % 4) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8875,7 +8994,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 4, c = (i % 4) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9151,7 +9272,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 256; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 4, c = (i % 4) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9176,7 +9299,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 256; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 4, c = (i % 4) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9752,7 +9877,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -9777,7 +9904,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -9942,7 +10071,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 4, c = (i % 4) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9967,7 +10098,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 4, c = (i % 4) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -10278,7 +10411,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 256; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 4, c = (i % 4) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10303,7 +10438,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
-              for (int i = tid; i < 256; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 4, c = (i % 4) * 8;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11060,7 +11197,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 4, c = (i % 4) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11264,7 +11403,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 512; i += 128) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 128;
                   const int r = i / 4, c = (i % 4) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11510,7 +11651,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 2, c = (i % 2) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11722,7 +11865,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                for (int i = tid; i < 256; i += 128) {
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int i = tid + u * 128;
                   const int r = i / 2, c = (i % 2) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -12136,7 +12281,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -12185,7 +12332,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -12253,7 +12402,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 8, c = (i % 8) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -12303,7 +12454,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 8, c = (i % 8) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -12728,7 +12881,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12942,7 +13097,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -12974,7 +13131,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 8, c = (i % 8) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -13491,7 +13650,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 4, c = (i % 4) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -13699,7 +13860,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -13731,7 +13894,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 256; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 8, c = (i % 8) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -14981,7 +15146,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f16
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s2 + r;
           const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -15034,7 +15201,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f16
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 512; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 8, c = (i % 8) * 4;
               const int gr = s2 + r;
               const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -15833,9 +16002,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d32_e32_c128
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d32_e32_c128_f16_w8_bd0_bt128_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c128_f16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60928);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c128_f16_w8_bd0_bt128_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60416);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d32_e32_c128_f16_w8_bd0_bt128_s2<<<grid, 256, 60928, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d32_e32_c128_f16_w8_bd0_bt128_s2<<<grid, 256, 60416, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -9,7 +9,7 @@
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 132624 bytes of dynamic shared memory
+  // sm_80: 132368 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -105,25 +105,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
   float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 106768);  // f32[64] pitch 64, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 108048);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 107792);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 87824);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18176);  // f32[1] pitch 1
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[64, 64] pitch 68
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89104);  // f32[64, 64] pitch 68
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 115216);  // f32[64, 64] pitch 68
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 107024);  // bf16[64, 64] pitch 64
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 114960);  // f32[64, 64] pitch 68
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 106768);  // bf16[64, 64] pitch 64
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 17920);  // f32[64] pitch 64
   float* const t_row_sum = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88592);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 106768);  // f32[64] pitch 64
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 88848);  // f32[64] pitch 64
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 89104);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 107536);  // f32[64] pitch 64
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 107792);  // f32[64] pitch 64
-  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 88080);  // f32[2, 64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88336);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 106512);  // f32[64] pitch 64
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 88592);  // f32[64] pitch 64
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 88848);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 107280);  // f32[64] pitch 64
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 107536);  // f32[64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 87824);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -134,7 +134,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -222,7 +224,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -247,7 +251,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -314,6 +320,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
   }
+  __syncthreads();
   // block_max = reduce_max(w, axis=1) via block_max_part
   {
     #pragma unroll
@@ -484,7 +491,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -509,7 +518,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -554,7 +565,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -580,7 +593,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -655,18 +670,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
         }
       }
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 64; r += 128) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       __syncthreads();
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -678,7 +689,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
+              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -1013,7 +1024,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1038,7 +1051,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1217,7 +1232,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1536; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 6; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 12, c = (i % 12) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1404,7 +1421,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1585,7 +1604,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k3;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1964,7 +1985,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -2033,7 +2056,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -2428,7 +2453,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -2559,7 +2586,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s0_f32_base + ((0) % 2) * 4096;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2591,7 +2620,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 256) {
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int i = tid + u * 256;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2675,7 +2706,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q1;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1536; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 6; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 12, c = (i % 12) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -2704,7 +2737,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s1_f32_base + ((0) % 2) * 3072;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 768; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 3; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2736,7 +2771,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 768; i += 256) {
+              #pragma unroll
+              for (int u = 0; u < 3; ++u) {
+                const int i = tid + u * 256;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2820,7 +2857,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q2;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -2849,7 +2888,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s2_f32_base + ((0) % 2) * 2048;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2881,7 +2922,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 512; i += 256) {
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int i = tid + u * 256;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -2965,7 +3008,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q3;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 4, c = (i % 4) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -2994,7 +3039,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s3_f32_base + ((0) % 2) * 1024;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 256; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 1; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3026,7 +3073,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 256; i += 256) {
+              #pragma unroll
+              for (int u = 0; u < 1; ++u) {
+                const int i = tid + u * 256;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3445,7 +3494,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3470,7 +3521,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -3568,7 +3621,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -3593,7 +3648,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -3787,7 +3844,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -3812,7 +3871,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -3856,7 +3917,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -3881,7 +3944,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -4368,7 +4433,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -4393,7 +4460,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4418,7 +4487,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy_row;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -4443,7 +4514,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
@@ -4668,7 +4741,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_f32_base + ((0) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4700,7 +4775,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 1024; i += 128) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 128;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s3 + r;
                   const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -5072,7 +5149,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -5097,7 +5176,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -5225,7 +5306,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5250,7 +5333,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5439,7 +5524,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5464,7 +5551,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5509,7 +5598,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5534,7 +5625,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5980,7 +6073,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6005,7 +6100,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -6167,7 +6264,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6192,7 +6291,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -6435,7 +6536,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -6460,7 +6563,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7021,7 +7126,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_fdy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 2048; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7115,7 +7222,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7151,7 +7260,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 2048; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7296,7 +7407,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7331,7 +7444,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7524,7 +7639,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7560,7 +7677,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1536; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 6; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 12, c = (i % 12) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7709,7 +7828,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7744,7 +7865,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1536; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 6; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 12, c = (i % 12) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7944,7 +8067,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7980,7 +8105,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8127,7 +8254,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8162,7 +8291,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 8, c = (i % 8) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8356,7 +8487,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 2048; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8392,7 +8525,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q3;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 4, c = (i % 4) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8539,7 +8674,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 2048; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8574,7 +8711,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q3;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 512; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 4, c = (i % 4) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8958,7 +9097,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -9007,7 +9148,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -9075,7 +9218,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -9125,7 +9270,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -9548,7 +9695,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -9573,7 +9722,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 2048; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -9716,7 +9867,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -9748,7 +9901,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -10840,7 +10995,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f32
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -10910,7 +11067,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f32
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s2 + r;
           const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -10963,7 +11122,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f32
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s2 + r;
               const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -11128,7 +11289,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f32
       const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
@@ -11159,7 +11322,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f32
           const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
           float* const dst = t_k_base + ((((v_i1 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
@@ -11189,7 +11354,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f32
         const long long base = static_cast<long long>(a0) * g_Vc_s0 + static_cast<long long>(s1) * g_Vc_s1 + static_cast<long long>(a2) * g_Vc_s2 + static_cast<long long>(s3) * g_Vc_s3;
         float* const dst = t_v;
         if (prt::aligned16(g_Vc) && base % 4 == 0 && g_Vc_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Vc_d1 ? g_Vc_d3 - (s3 + c) : 0;
@@ -11807,9 +11974,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d64_e64_c128
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 132624);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 132368);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 132624, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 132368, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -9,7 +9,7 @@
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 132624 bytes of dynamic shared memory
+  // sm_80: 132368 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -105,25 +105,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 106768);  // f32[64] pitch 64, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 108048);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 107792);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 87824);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18176);  // f32[1] pitch 1
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[64, 64] pitch 68
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89104);  // f32[64, 64] pitch 68
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 115216);  // f32[64, 64] pitch 68
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 107024);  // bf16[64, 64] pitch 64
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 114960);  // f32[64, 64] pitch 68
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 106768);  // bf16[64, 64] pitch 64
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 17920);  // f32[64] pitch 64
   float* const t_row_sum = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88592);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 106768);  // f32[64] pitch 64
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 88848);  // f32[64] pitch 64
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 89104);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 107536);  // f32[64] pitch 64
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 107792);  // f32[64] pitch 64
-  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 88080);  // f32[2, 64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88336);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 106512);  // f32[64] pitch 64
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 88592);  // f32[64] pitch 64
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 88848);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 107280);  // f32[64] pitch 64
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 107536);  // f32[64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 87824);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -134,7 +134,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -222,7 +224,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -247,7 +251,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -314,6 +320,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
+  __syncthreads();
   // block_max = reduce_max(w, axis=1) via block_max_part
   {
     #pragma unroll
@@ -484,7 +491,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -509,7 +518,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -554,7 +565,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -580,7 +593,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -655,18 +670,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
         }
       }
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 64; r += 128) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       __syncthreads();
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -678,7 +689,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
+              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -871,7 +882,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 132624 bytes of dynamic shared memory
+  // sm_80: 132368 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -957,26 +968,26 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
   float* t_v = t_v_base;
   float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 106768);  // f32[64] pitch 64, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 108048);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 107792);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 87824);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18176);  // f32[1] pitch 1
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_p = reinterpret_cast<float*>(prt_base + 89360);  // f32[64, 64] pitch 68
+  float* const t_p = reinterpret_cast<float*>(prt_base + 89104);  // f32[64, 64] pitch 68
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 115216);  // f32[64, 64] pitch 68
-  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 107024);  // bf16[64, 64] pitch 64
+  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 114960);  // f32[64, 64] pitch 68
+  __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 106768);  // bf16[64, 64] pitch 64
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 17920);  // f32[64] pitch 64
   float* const t_row_sum = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
-  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88592);  // f32[64] pitch 64
-  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 106768);  // f32[64] pitch 64
-  float* const t_alpha = reinterpret_cast<float*>(prt_base + 88848);  // f32[64] pitch 64
-  float* const t_shift = reinterpret_cast<float*>(prt_base + 89104);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 107536);  // f32[64] pitch 64
-  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 107792);  // f32[64] pitch 64
+  float* const t_block_max = reinterpret_cast<float*>(prt_base + 88336);  // f32[64] pitch 64
+  float* const t_block_sum = reinterpret_cast<float*>(prt_base + 106512);  // f32[64] pitch 64
+  float* const t_alpha = reinterpret_cast<float*>(prt_base + 88592);  // f32[64] pitch 64
+  float* const t_shift = reinterpret_cast<float*>(prt_base + 88848);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 107280);  // f32[64] pitch 64
+  float* const t_row_factor = reinterpret_cast<float*>(prt_base + 107536);  // f32[64] pitch 64
   float* const t_lse_t = reinterpret_cast<float*>(prt_base + 0);  // f32[64] pitch 64
-  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 88080);  // f32[2, 64] pitch 64
+  float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 87824);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -987,7 +998,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -1075,7 +1088,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1100,7 +1115,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1167,6 +1184,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
+  __syncthreads();
   // block_max = reduce_max(w, axis=1) via block_max_part
   {
     #pragma unroll
@@ -1337,7 +1355,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1362,7 +1382,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1407,7 +1429,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -1433,7 +1457,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1508,18 +1534,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
         }
       }
       __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      // fk[row] = exp((ck[row] / 2.0))
+      // fk[row] = (exp((((sk[row] - gk[row]) + gap[0]) / 2.0)) * abs($scale))
       {
         for (int r = tid; r < 64; r += 128) {
-          const float y0 = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-          const float y1 = prt::from_f32<float>(prt::exp((y0 / 2.0f)));
-          t_ck[r] = y0;
-          t_fk[r] = y1;
+          t_fk[r] = prt::from_f32<float>((prt::exp((((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])) / 2.0f)) * fabsf(p_scale)));
         }
       }
       __syncthreads();
-      // w[row, col] = (abs((w[row, col] * $scale)) * fk[col])
+      // w[row, col] = (abs(w[row, col]) * fk[col])
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -1531,7 +1553,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d64_e64_c64
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf((f_w[j][q][e] * p_scale)) * prt::to_f32(t_fk[c]));
+              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
             }
           }
         }
@@ -1877,7 +1899,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -1902,7 +1926,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2081,7 +2107,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 768; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 3; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 12, c = (i % 12) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2268,7 +2296,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 8, c = (i % 8) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2449,7 +2479,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k3;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 256) {
+      #pragma unroll
+      for (int u = 0; u < 1; ++u) {
+        const int i = tid + u * 256;
         const int r = i / 4, c = (i % 4) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2828,7 +2860,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -2897,7 +2931,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
@@ -3292,7 +3328,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3423,7 +3461,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s0_f32_base + ((0) % 2) * 4096;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3455,7 +3495,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 1024; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3539,7 +3581,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q1;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 768; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 6; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 12, c = (i % 12) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3568,7 +3612,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s1_f32_base + ((0) % 2) * 3072;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 768; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 6; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3600,7 +3646,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3072;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 768; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 6; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3684,7 +3732,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q2;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 512; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 8, c = (i % 8) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3713,7 +3763,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s2_f32_base + ((0) % 2) * 2048;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 512; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3745,7 +3797,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2048;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 512; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3829,7 +3883,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q3;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 256; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 4, c = (i % 4) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -3858,7 +3914,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s3_f32_base + ((0) % 2) * 1024;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-          for (int i = tid; i < 256; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s3 + r;
             const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -3890,7 +3948,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1024;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-              for (int i = tid; i < 256; i += 128) {
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int i = tid + u * 128;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s3 + r;
                 const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -4309,7 +4369,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -4334,7 +4396,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -4432,7 +4496,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4457,7 +4523,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -4651,7 +4719,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4676,7 +4746,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -4720,7 +4792,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -4745,7 +4819,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -5232,7 +5308,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -5257,7 +5335,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -5282,7 +5362,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy_row;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -5307,7 +5389,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
@@ -5532,7 +5616,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_f32_base + ((0) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -5564,7 +5650,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-                for (int i = tid; i < 1024; i += 128) {
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int i = tid + u * 128;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s3 + r;
                   const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -5936,7 +6024,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -5961,7 +6051,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -6089,7 +6181,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6114,7 +6208,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -6303,7 +6399,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6328,7 +6426,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -6373,7 +6473,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6398,7 +6500,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -6844,7 +6948,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -6869,7 +6975,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -7031,7 +7139,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7056,7 +7166,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7299,7 +7411,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7324,7 +7438,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7885,7 +8001,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_fdy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 256) {
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = tid + u * 256;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -7979,7 +8097,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8015,7 +8135,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8160,7 +8282,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8195,7 +8319,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8388,7 +8514,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8424,7 +8552,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 768; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 3; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 12, c = (i % 12) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8573,7 +8703,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8608,7 +8740,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 768; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 3; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 12, c = (i % 12) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8808,7 +8942,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -8844,7 +8980,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 8, c = (i % 8) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -8991,7 +9129,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9026,7 +9166,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 512; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 8, c = (i % 8) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9220,7 +9362,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 256) {
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int i = tid + u * 256;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9256,7 +9400,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q3;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 256; i += 256) {
+          #pragma unroll
+          for (int u = 0; u < 1; ++u) {
+            const int i = tid + u * 256;
             const int r = i / 4, c = (i % 4) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9403,7 +9549,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 1024; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 16, c = (i % 16) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -9438,7 +9586,9 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q3;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-                for (int i = tid; i < 256; i += 256) {
+                #pragma unroll
+                for (int u = 0; u < 1; ++u) {
+                  const int i = tid + u * 256;
                   const int r = i / 4, c = (i % 4) * 4;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -9822,7 +9972,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -9871,7 +10023,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -9939,7 +10093,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
@@ -9989,7 +10145,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
@@ -10412,7 +10570,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -10437,7 +10597,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -10580,7 +10742,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s3 + r;
           const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -10612,7 +10776,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s3 + r;
               const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
@@ -11668,7 +11834,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -11693,7 +11861,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -11791,7 +11961,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -11816,7 +11988,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12010,7 +12184,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12035,7 +12211,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12079,7 +12257,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12104,7 +12284,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12520,7 +12702,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -12545,7 +12729,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -12673,7 +12859,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12698,7 +12886,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 1024; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12887,7 +13077,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12912,7 +13104,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -12957,7 +13151,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -12982,7 +13178,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -13428,7 +13626,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -13453,7 +13653,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 512; i += 64) {
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = tid + u * 64;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
@@ -13615,7 +13817,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -13640,7 +13844,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 512; i += 64) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 64;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -13883,7 +14089,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -13908,7 +14116,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d64_
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
-              for (int i = tid; i < 512; i += 64) {
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int i = tid + u * 64;
                 const int r = i / 16, c = (i % 16) * 4;
                 const int gr = s1 + r;
                 const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
@@ -14530,7 +14740,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
-      for (int i = tid; i < 256; i += 128) {
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int i = tid + u * 128;
         const int r = i / 16, c = (i % 16) * 4;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -14600,7 +14812,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f32_
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s2 + r;
           const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -14653,7 +14867,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f32_
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s2 + r;
               const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
@@ -14819,7 +15035,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f32_
       const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
       float* const dst = t_k_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
-        for (int i = tid; i < 1024; i += 128) {
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = tid + u * 128;
           const int r = i / 16, c = (i % 16) * 4;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
@@ -14850,7 +15068,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f32_
           const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
           float* const dst = t_k_base + ((((v_i1 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
-            for (int i = tid; i < 1024; i += 128) {
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int i = tid + u * 128;
               const int r = i / 16, c = (i % 16) * 4;
               const int gr = s1 + r;
               const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
@@ -14880,7 +15100,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f32_
         const long long base = static_cast<long long>(a0) * g_Vc_s0 + static_cast<long long>(s1) * g_Vc_s1 + static_cast<long long>(a2) * g_Vc_s2 + static_cast<long long>(s3) * g_Vc_s3;
         float* const dst = t_v;
         if (prt::aligned16(g_Vc) && base % 4 == 0 && g_Vc_s1 % 4 == 0 && s3 >= 0) {
-          for (int i = tid; i < 1024; i += 128) {
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int i = tid + u * 128;
             const int r = i / 16, c = (i % 16) * 4;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Vc_d1 ? g_Vc_d3 - (s3 + c) : 0;
@@ -15498,16 +15720,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d64_e64_c64_
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 132624);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 132368);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 132624, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 132368, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 132624);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 132368);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 132624, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d64_e64_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 132368, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

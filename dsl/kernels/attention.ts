@@ -85,7 +85,7 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const cq = k.reg("cq", [B], "f32"); // their inclusive cumsum
     const gk = k.reg("gk", [B], "f32"); // a key block's gates
     const sk = k.reg("sk", [B], "f32"); // their suffix sums
-    const ck = k.reg("ck", [B], "f32"); // the key side of lam_i - lam_j
+    const ck = k.reg("ck", [B], "f32"); // the key side of lam_i - lam_j (the diagonal block's)
     const gap = k.reg("gap", [1], "f32"); // G: the gates between the key block's end and q0
     const w = k.reg("w", [B, B], "f32"); // scores, then log-weights
     const pt = k.reg("p", [B, B], dtype); // exp(w - rowMax) in [0, 1], the mma operand
@@ -98,7 +98,7 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const blockSum = k.reg("block_sum", [B], "f32");
     const alpha = k.reg("alpha", [B], "f32"); // rescale of the old sums: exp(oldMax - newMax)
     const shift = k.reg("shift", [B], "f32"); // the row max, 0 while it is -inf
-    const fk = k.reg("fk", [B], "f32"); // a key block's column gate factors exp(ck_j / p)
+    const fk = k.reg("fk", [B], "f32"); // a key block's column factors |scale| exp(ck_j / p)
     const rowFactor = k.reg("row_factor", [B], "f32"); // g_i = exp((cq_i - shift_i) / p)
 
     k.load(qt, io.Q, [bi, range(q0, B), qh, range(0, spec.d)]); // [B, d]; rows past t read 0
@@ -120,7 +120,9 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       if (diagonal) k.map(ck, ({ row }) => cq.at(row).neg());
       else {
         k.cumsum(sk, gk, 0, { reverse: true }); // sk[j] = logG[k0+j] + ... + logG[k0+B-1]
-        k.map(ck, ({ row }) => sk.at(row).sub(gk.at(row)).add(gap.at(0)));
+        // |scale| f_j, f_j = exp(ck_j / p) in [0, 1], ck_j = (sk_j - logG[k0+j]) + G (header): the
+        // scale rides on the column factor, one multiply per key instead of one per score
+        k.map(fk, ({ row }) => sk.at(row).sub(gk.at(row)).add(gap.at(0)).div(p).exp().mul(io.scale.abs()));
       }
       if (diagonal) {
         // log-weights; log|s| = -inf where s = 0 (no weight), so only the causal mask needs a select
@@ -134,8 +136,7 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
         // or exponential per score (header). A key whose gate product to the block is below
         // exp(-87 p) gets r = 0, where the log-space form would keep its relative weight: it
         // matters only on a row whose every nearer weight is as small.
-        k.map(fk, ({ row }) => ck.at(row).div(p).exp()); // [B] f_j = exp(ck_j / p) in [0, 1]
-        k.map(w, ({ row, col }) => w.at(row, col).mul(io.scale).abs().mul(fk.at(col))); // r_ij
+        k.map(w, ({ row, col }) => w.at(row, col).abs().mul(fk.at(col))); // r_ij = |q_i.k_j| |scale| f_j
         k.reduce(blockMax, w, "max", 1); // [B]: max_j r_ij, then as a log-weight
         k.map(blockMax, ({ row }) => blockMax.at(row).log().mul(p).add(cq.at(row)));
       }
@@ -211,13 +212,13 @@ function sharedBytes(s: Spec, sch: Schedule, epilogue: Epilogue): number {
 /** Shared memory of an SM that blocks share (H100 and H200: 228 KB, less 1 KB reserved per block). */
 const SM_SHARED_BYTES = 226 * 1024;
 
-/** The sweep: blocks and warps, pipeline stages, and for blocks of 4 warps or more two blocks an SM
+/** The sweep: blocks and warps, pipeline stages, and for blocks of 4 warps or more two (4 warps: or three) blocks an SM
  * (minBlocks 2: at one block of 8 warps an SM, 185 registers a thread, Nsight Compute saw
  * attention_y latency-bound on the H100, 2026-12-07). */
 function space(cap: number, s: Spec, epilogue: Epilogue): Schedule[] {
   return tileSizes(cap, 128)
     .flatMap((blockT) => [2, 4, 8].filter((w) => 16 * w <= blockT).flatMap((numWarps) => [1, 2, 3].flatMap((stages) =>
-      (numWarps >= 4 ? [1, 2] : [1]).map((minBlocks) => ({ numWarps, blockD: 0, blockT, stages, ...(minBlocks > 1 ? { minBlocks } : {}) })))))
+      (numWarps === 4 ? [1, 2, 3] : numWarps > 4 ? [1, 2] : [1]).map((minBlocks) => ({ numWarps, blockD: 0, blockT, stages, ...(minBlocks > 1 ? { minBlocks } : {}) })))))
     .filter((sch) => sharedBytes(s, sch, epilogue) <= ((sch.minBlocks ?? 1) > 1 ? SM_SHARED_BYTES / sch.minBlocks! : TILE_BUDGET));
 }
 

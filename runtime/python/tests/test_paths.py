@@ -77,3 +77,37 @@ class SearchPathTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PerSearchPathTest(unittest.TestCase):
+    """prt.ops reads the manifests through per_search_path functions: once per arguments and search path."""
+
+    def test_computes_once_per_arguments_and_again_when_the_search_path_changes(self):
+        calls = []
+
+        @_paths.per_search_path
+        def names(kind, t):
+            calls.append((kind, t, os.environ.get("PRT_MANIFEST")))
+            return [kind, t]
+
+        with mock.patch.dict(os.environ, {"PRT_MANIFEST": "/a/manifest.json"}):
+            self.assertEqual(names("forward", 1024), ["forward", 1024])
+            self.assertEqual(names("forward", 1024), ["forward", 1024])
+            self.assertEqual(names("forward", 4096), ["forward", 4096])
+            self.assertEqual(len(calls), 2)
+        with mock.patch.dict(os.environ, {"PRT_MANIFEST": "/b/manifest.json"}):
+            names("forward", 1024)
+        self.assertEqual(calls[-1], ("forward", 1024, "/b/manifest.json"))
+        self.assertEqual(len(calls), 3)
+
+    def test_a_none_result_is_kept_too(self):
+        calls = []
+
+        @_paths.per_search_path
+        def nothing(x):
+            calls.append(x)
+            return None
+
+        self.assertIsNone(nothing(1))
+        self.assertIsNone(nothing(1))
+        self.assertEqual(calls, [1])
