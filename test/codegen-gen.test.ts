@@ -32,7 +32,8 @@ describe("gen", () => {
     expect(m.kernels.length).toBeGreaterThan(0);
     for (const k of m.kernels) {
       const src = readFileSync(path.join(GENERATED, k.source), "utf8");
-      expect(src).toContain(`extern "C" __global__ void __launch_bounds__(${k.threads}) ${k.symbol}(`);
+      const bounds = (k.schedule.minBlocks ?? 1) > 1 ? `${k.threads}, ${k.schedule.minBlocks}` : `${k.threads}`;
+      expect(src).toContain(`extern "C" __global__ void __launch_bounds__(${bounds}) ${k.symbol}(`);
       expect(k.args.map((a) => a.kind)).toEqual([...k.args.filter((a) => a.kind === "tensor"), ...k.args.filter((a) => a.kind === "param")].map((a) => a.kind));
       expect(k.smemBytes).toBeGreaterThan(0);
       expect(m.files.find((f) => f.source === k.source)?.sha256).toBe(k.sourceSha256);
