@@ -39,5 +39,11 @@ describe("gen", () => {
       expect(m.files.find((f) => f.source === k.source)?.sha256).toBe(k.sourceSha256);
     }
     for (const f of m.files) expect(f.sha256).toMatch(/^[0-9a-f]{64}$/);
+    // every plan step launches a kernel the manifest has, under the schedule gen built (a tuned
+    // chunk-free kernel's plan steps once named its default schedule: the native core refused them)
+    const symbols = new Set(m.kernels.map((k) => k.symbol));
+    const missing = new Set<string>();
+    for (const p of m.plans) for (const v of p.variants) for (const st of v.steps) if (!symbols.has(st.symbol)) missing.add(`${p.kind} ${p.spec}: ${st.symbol}`);
+    expect([...missing]).toEqual([]);
   });
 });
