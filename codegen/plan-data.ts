@@ -210,7 +210,10 @@ function flagCombos(names: readonly string[]): Record<string, number>[] {
  */
 export function planSchedules(spec: Spec, scheduleFor: (k: KernelDef, spec: Spec) => Schedule): ScheduleTable {
   const p: Problem = problemOf(spec, probes("forward", spec.chunk, false)[0]!, { gated: 1, initialState: 1, finalState: 1 });
-  const steps = [...forwardPlan(p).steps, ...backwardPlan(p).steps, ...decodeSegmentSteps(p, 3, 0, 3, 0), ...decodeFold(p).steps];
+  // and the one-window form (t <= chunk, no state: the quadratic path's chunk-free kernels)
+  const q: Problem = problemOf(spec, probes("forward", spec.chunk, true)[0]!, { gated: 1, initialState: 0, finalState: 0 });
+  const steps = [...forwardPlan(p).steps, ...backwardPlan(p).steps, ...forwardPlan(q).steps, ...backwardPlan(q).steps,
+    ...decodeSegmentSteps(p, 3, 0, 3, 0), ...decodeFold(p).steps];
   const table: Record<string, Schedule> = {};
   for (const s of steps) {
     const def = KERNELS.find((k) => k.name === s.kernel.name) ?? s.kernel;

@@ -134,14 +134,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -244,14 +246,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -271,14 +275,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -562,14 +568,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -589,14 +597,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -635,14 +645,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -664,14 +676,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -1141,14 +1155,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -1249,14 +1265,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -1276,14 +1294,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -1578,14 +1598,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -1605,14 +1627,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -1652,14 +1676,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -1680,14 +1706,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -2174,14 +2202,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -2284,14 +2314,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -2311,14 +2343,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -2602,14 +2636,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -2629,14 +2665,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -2675,14 +2713,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -2704,14 +2744,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -3182,14 +3224,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -3290,14 +3334,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -3317,14 +3363,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -3619,14 +3667,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -3646,14 +3696,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -3693,14 +3745,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -3721,14 +3775,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -4295,14 +4351,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -4322,14 +4380,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -4780,9 +4840,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      #pragma unroll
-      for (int u = 0; u < 3; ++u) {
-        const int i = tid + u * 256;
+      for (int i = tid; i < 768; i += 256) {
         const int r = i / 12, c = (i % 12) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5244,14 +5302,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k4;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -5702,14 +5762,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k6;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 1; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -6365,14 +6427,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+        const long long rstep = static_cast<long long>(4) * g_dS_s3;
         #pragma unroll
         for (int u = 0; u < 16; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+          const int r = r0 + u * 4, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
         }
       }
       else {
@@ -6436,14 +6500,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_dS_s3;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
             }
           }
           else {
@@ -6850,14 +6916,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
@@ -7004,14 +7072,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s0_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7136,14 +7206,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s1_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 14; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7238,9 +7310,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q2;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-        #pragma unroll
-        for (int u = 0; u < 3; ++u) {
-          const int i = tid + u * 256;
+        for (int i = tid; i < 768; i += 256) {
           const int r = i / 12, c = (i % 12) * 8;
           const int gr = s1 + r;
           const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -7271,14 +7341,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s2_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 12; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7404,14 +7476,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s3_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 10; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7506,14 +7580,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q4;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
@@ -7539,14 +7615,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s4_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7672,14 +7750,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s5_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 6; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7774,14 +7854,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q6;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(64) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 1; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
@@ -7807,14 +7889,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s6_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7940,14 +8024,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s7_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -8377,14 +8463,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -8404,14 +8492,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -8538,14 +8628,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -8565,14 +8657,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -8750,14 +8844,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -8777,14 +8873,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -8825,14 +8923,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -8852,14 +8952,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -9245,14 +9347,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -9272,14 +9376,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -9372,14 +9478,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -9399,14 +9507,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -9609,14 +9719,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -9636,14 +9748,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -9682,14 +9796,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -9709,14 +9825,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -10213,14 +10331,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       __nv_bfloat16* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_dY_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
         }
       }
       else {
@@ -10240,14 +10360,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
@@ -10283,14 +10405,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
+        const long long rstep = static_cast<long long>(4) * g_yS_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
+          const int r = r0 + u * 4, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
         }
       }
       else {
@@ -10533,14 +10657,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 32) * 4, r0 = tid / 32;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(4) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 32; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 4, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -10914,14 +11040,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -10941,14 +11069,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -11111,14 +11241,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -11138,14 +11270,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -11322,14 +11456,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -11349,14 +11485,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -11397,14 +11535,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -11424,14 +11564,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -11838,14 +11980,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -11865,14 +12009,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -12033,14 +12179,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -12060,14 +12208,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -12273,14 +12423,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -12300,14 +12452,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -12347,14 +12501,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -12374,14 +12530,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -12852,14 +13010,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(4) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 64;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 4, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -12879,14 +13039,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(4) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 64;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 4, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -13036,14 +13198,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 8; ++u) {
-            const int i = tid + u * 64;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -13063,14 +13227,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __nv_bfloat16* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 8; ++u) {
-            const int i = tid + u * 64;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -13390,14 +13556,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __nv_bfloat16* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 16) * 8, r0 = tid / 16;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(4) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 8; ++u) {
-                const int i = tid + u * 64;
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 4, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -13417,14 +13585,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __nv_bfloat16* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 16) * 8, r0 = tid / 16;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(4) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 8; ++u) {
-                const int i = tid + u * 64;
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 4, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -14229,14 +14399,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -14418,14 +14590,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 16) * 8, r0 = tid / 16;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(16) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 4; ++u) {
-                  const int i = tid + u * 256;
-                  const int r = i / 16, c = (i % 16) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -15074,9 +15248,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          #pragma unroll
-          for (int u = 0; u < 3; ++u) {
-            const int i = tid + u * 256;
+          for (int i = tid; i < 768; i += 256) {
             const int r = i / 12, c = (i % 12) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -15269,9 +15441,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                #pragma unroll
-                for (int u = 0; u < 3; ++u) {
-                  const int i = tid + u * 256;
+                for (int i = tid; i < 768; i += 256) {
                   const int r = i / 12, c = (i % 12) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -15926,14 +16096,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q4;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 8, r0 = tid / 8;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -16115,14 +16287,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q4;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 8) * 8, r0 = tid / 8;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(32) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
-                  const int i = tid + u * 256;
-                  const int r = i / 8, c = (i % 8) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 32, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -16772,14 +16946,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q6;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(64) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 1; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 64, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -16967,14 +17143,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q6;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 4) * 8, r0 = tid / 4;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(64) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 1; ++u) {
-                  const int i = tid + u * 256;
-                  const int r = i / 4, c = (i % 4) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 64, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -17794,14 +17972,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+        const long long rstep = static_cast<long long>(4) * g_Sin_s3;
         #pragma unroll
         for (int u = 0; u < 16; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+          const int r = r0 + u * 4, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
         }
       }
       else {
@@ -17845,14 +18025,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+        const long long rstep = static_cast<long long>(4) * g_dSin_s3;
         #pragma unroll
         for (int u = 0; u < 16; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+          const int r = r0 + u * 4, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
         }
       }
       else {
@@ -17915,14 +18097,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -17967,14 +18151,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_dSin_s3;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
             }
           }
           else {
@@ -18400,14 +18586,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
         __nv_bfloat16* const dst = t_k;
         if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+          const long long rstep = static_cast<long long>(8) * g_K_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
           }
         }
         else {
@@ -18427,14 +18615,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
         __nv_bfloat16* const dst = t_v;
         if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+          const long long rstep = static_cast<long long>(8) * g_V_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
           }
         }
         else {
@@ -18492,14 +18682,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
             float* const dst = t_U_f32;
             if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 32) * 4, r0 = tid / 32;
+              const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+              const long long rstep = static_cast<long long>(4) * g_ddS_s3;
               #pragma unroll
               for (int u = 0; u < 16; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+                const int r = r0 + u * 4, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
               }
             }
             else {
@@ -19281,14 +19473,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVa_s0 + static_cast<long long>(s1) * g_dVa_s1 + static_cast<long long>(a2) * g_dVa_s2 + static_cast<long long>(s3) * g_dVa_s3;
         float* const dst = t_a_e;
         if (prt::aligned16(g_dVa) && base % 4 == 0 && g_dVa_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 32) * 4, r0 = tid / 32;
+          const long long cols = ok ? g_dVa_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_dVa + base + static_cast<long long>(r0) * g_dVa_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_dVa_s1;
           #pragma unroll
           for (int u = 0; u < 16; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dVa_d1 ? g_dVa_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dVa + base + static_cast<long long>(r) * g_dVa_s1 + c) : static_cast<const void*>(g_dVa), n * 4);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dVa_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dVa), n * 4);
           }
         }
         else {
@@ -19308,14 +19502,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVs_s0 + static_cast<long long>(s1) * g_dVs_s1 + static_cast<long long>(a2) * g_dVs_s2 + static_cast<long long>(s3) * g_dVs_s3;
         float* const dst = t_b_e;
         if (prt::aligned16(g_dVs) && base % 4 == 0 && g_dVs_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 32) * 4, r0 = tid / 32;
+          const long long cols = ok ? g_dVs_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_dVs + base + static_cast<long long>(r0) * g_dVs_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_dVs_s1;
           #pragma unroll
           for (int u = 0; u < 16; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dVs_d1 ? g_dVs_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dVs + base + static_cast<long long>(r) * g_dVs_s1 + c) : static_cast<const void*>(g_dVs), n * 4);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dVs_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dVs), n * 4);
           }
         }
         else {
@@ -19530,14 +19726,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -19557,14 +19755,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -19691,14 +19891,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -19718,14 +19920,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -19903,14 +20107,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -19930,14 +20136,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -19978,14 +20186,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -20005,14 +20215,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -20426,14 +20638,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -20453,14 +20667,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -20553,14 +20769,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -20580,14 +20798,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -20790,14 +21010,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -20817,14 +21039,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -20863,14 +21087,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -20890,14 +21116,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -21323,14 +21551,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -21350,14 +21580,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -21520,14 +21752,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -21547,14 +21781,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -21731,14 +21967,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -21758,14 +21996,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -21806,14 +22046,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -21833,14 +22075,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -22247,14 +22491,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -22274,14 +22520,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -22442,14 +22690,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -22469,14 +22719,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -22682,14 +22934,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -22709,14 +22963,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -22756,14 +23012,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -22783,14 +23041,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -23261,14 +23521,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(4) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 64;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 4, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -23288,14 +23550,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(4) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 64;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 4, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -23445,14 +23709,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 8; ++u) {
-            const int i = tid + u * 64;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -23472,14 +23738,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __nv_bfloat16* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 8; ++u) {
-            const int i = tid + u * 64;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -23799,14 +24067,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __nv_bfloat16* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 16) * 8, r0 = tid / 16;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(4) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 8; ++u) {
-                const int i = tid + u * 64;
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 4, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -23826,14 +24096,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __nv_bfloat16* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 16) * 8, r0 = tid / 16;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(4) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 8; ++u) {
-                const int i = tid + u * 64;
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 4, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -24552,14 +24824,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_bf
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -24624,14 +24898,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_bf
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 8448;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+        const long long rstep = static_cast<long long>(4) * g_S_s2;
         #pragma unroll
         for (int u = 0; u < 16; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s2 + r;
-          const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+          const int r = r0 + u * 4, gr = s2 + r;
+          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
         }
       }
       else {
@@ -24679,14 +24955,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_bf
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 8448;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+            const long long rstep = static_cast<long long>(4) * g_S_s2;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s2 + r;
-              const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+              const int r = r0 + u * 4, gr = s2 + r;
+              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
             }
           }
           else {

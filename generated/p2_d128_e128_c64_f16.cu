@@ -134,14 +134,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -244,14 +246,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -271,14 +275,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -562,14 +568,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -589,14 +597,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -635,14 +645,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -664,14 +676,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -1141,14 +1155,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -1249,14 +1265,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -1276,14 +1294,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -1578,14 +1598,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -1605,14 +1627,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -1652,14 +1676,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -1680,14 +1706,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -2174,14 +2202,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -2284,14 +2314,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -2311,14 +2343,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -2602,14 +2636,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -2629,14 +2665,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -2675,14 +2713,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -2704,14 +2744,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -3182,14 +3224,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -3290,14 +3334,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -3317,14 +3363,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -3619,14 +3667,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -3646,14 +3696,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -3693,14 +3745,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -3721,14 +3775,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -4295,14 +4351,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -4322,14 +4380,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -4780,9 +4840,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      #pragma unroll
-      for (int u = 0; u < 3; ++u) {
-        const int i = tid + u * 256;
+      for (int i = tid; i < 768; i += 256) {
         const int r = i / 12, c = (i % 12) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -5244,14 +5302,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k4;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -5702,14 +5762,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k6;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 1; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -6365,14 +6427,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+        const long long rstep = static_cast<long long>(4) * g_dS_s3;
         #pragma unroll
         for (int u = 0; u < 16; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+          const int r = r0 + u * 4, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
         }
       }
       else {
@@ -6436,14 +6500,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_dS_s3;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
             }
           }
           else {
@@ -7022,14 +7088,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s0_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 32; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7157,14 +7225,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s1_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 28; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7293,14 +7363,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s2_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 24; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7429,14 +7501,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s3_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 20; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7565,14 +7639,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s4_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7701,14 +7777,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s5_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 12; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7837,14 +7915,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s6_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7973,14 +8053,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d128_e128_c
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s7_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -8413,14 +8495,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -8440,14 +8524,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -8574,14 +8660,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -8601,14 +8689,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -8786,14 +8876,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -8813,14 +8905,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -8861,14 +8955,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -8888,14 +8984,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -9281,14 +9379,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -9308,14 +9408,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -9408,14 +9510,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -9435,14 +9539,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -9645,14 +9751,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -9672,14 +9780,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -9718,14 +9828,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -9745,14 +9857,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -10275,14 +10389,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __half* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
@@ -10318,14 +10434,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
+        const long long rstep = static_cast<long long>(4) * g_yS_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
+          const int r = r0 + u * 4, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
         }
       }
       else {
@@ -10594,14 +10712,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 32) * 4, r0 = tid / 32;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(4) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 32; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 4, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -10983,14 +11103,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -11010,14 +11132,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -11180,14 +11304,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -11207,14 +11333,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -11391,14 +11519,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -11418,14 +11548,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -11466,14 +11598,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -11493,14 +11627,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -11907,14 +12043,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -11934,14 +12072,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -12102,14 +12242,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -12129,14 +12271,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -12342,14 +12486,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -12369,14 +12515,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -12416,14 +12564,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -12443,14 +12593,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -12921,14 +13073,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(4) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 64;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 4, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -12948,14 +13102,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(4) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 64;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 4, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -13105,14 +13261,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 8; ++u) {
-            const int i = tid + u * 64;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -13132,14 +13290,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 8; ++u) {
-            const int i = tid + u * 64;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -13459,14 +13619,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 16) * 8, r0 = tid / 16;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(4) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 8; ++u) {
-                const int i = tid + u * 64;
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 4, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -13486,14 +13648,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 16) * 8, r0 = tid / 16;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(4) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 8; ++u) {
-                const int i = tid + u * 64;
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 4, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -14314,14 +14478,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -14520,14 +14686,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 16) * 8, r0 = tid / 16;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(16) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 4; ++u) {
-                  const int i = tid + u * 256;
-                  const int r = i / 16, c = (i % 16) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -15233,9 +15401,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          #pragma unroll
-          for (int u = 0; u < 3; ++u) {
-            const int i = tid + u * 256;
+          for (int i = tid; i < 768; i += 256) {
             const int r = i / 12, c = (i % 12) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -15445,9 +15611,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                #pragma unroll
-                for (int u = 0; u < 3; ++u) {
-                  const int i = tid + u * 256;
+                for (int i = tid; i < 768; i += 256) {
                   const int r = i / 12, c = (i % 12) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -16159,14 +16323,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q4;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 8, r0 = tid / 8;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -16365,14 +16531,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q4;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 8) * 8, r0 = tid / 8;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(32) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
-                  const int i = tid + u * 256;
-                  const int r = i / 8, c = (i % 8) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 32, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -17079,14 +17247,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q6;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(64) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 1; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 64, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -17291,14 +17461,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q6;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 4) * 8, r0 = tid / 4;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(64) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 1; ++u) {
-                  const int i = tid + u * 256;
-                  const int r = i / 4, c = (i % 4) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 64, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -18167,14 +18339,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+        const long long rstep = static_cast<long long>(4) * g_Sin_s3;
         #pragma unroll
         for (int u = 0; u < 16; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+          const int r = r0 + u * 4, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
         }
       }
       else {
@@ -18218,14 +18392,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+        const long long rstep = static_cast<long long>(4) * g_dSin_s3;
         #pragma unroll
         for (int u = 0; u < 16; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+          const int r = r0 + u * 4, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
         }
       }
       else {
@@ -18288,14 +18464,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -18340,14 +18518,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+            const long long rstep = static_cast<long long>(4) * g_dSin_s3;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+              const int r = r0 + u * 4, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
             }
           }
           else {
@@ -18776,14 +18956,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
         __half* const dst = t_k;
         if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+          const long long rstep = static_cast<long long>(8) * g_K_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
           }
         }
         else {
@@ -18866,14 +19048,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
             const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
             float* const dst = t_U_f32;
             if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 32) * 4, r0 = tid / 32;
+              const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+              const long long rstep = static_cast<long long>(4) * g_ddS_s3;
               #pragma unroll
               for (int u = 0; u < 8; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 32, c = (i % 32) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+                const int r = r0 + u * 4, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
               }
             }
             else {
@@ -19764,14 +19948,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVa_s0 + static_cast<long long>(s1) * g_dVa_s1 + static_cast<long long>(a2) * g_dVa_s2 + static_cast<long long>(s3) * g_dVa_s3;
         float* const dst = t_a_e;
         if (prt::aligned16(g_dVa) && base % 4 == 0 && g_dVa_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 32) * 4, r0 = tid / 32;
+          const long long cols = ok ? g_dVa_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_dVa + base + static_cast<long long>(r0) * g_dVa_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_dVa_s1;
           #pragma unroll
           for (int u = 0; u < 16; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dVa_d1 ? g_dVa_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dVa + base + static_cast<long long>(r) * g_dVa_s1 + c) : static_cast<const void*>(g_dVa), n * 4);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dVa_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dVa), n * 4);
           }
         }
         else {
@@ -19791,14 +19977,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const long long base = static_cast<long long>(a0) * g_dVs_s0 + static_cast<long long>(s1) * g_dVs_s1 + static_cast<long long>(a2) * g_dVs_s2 + static_cast<long long>(s3) * g_dVs_s3;
         float* const dst = t_b_e;
         if (prt::aligned16(g_dVs) && base % 4 == 0 && g_dVs_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 32) * 4, r0 = tid / 32;
+          const long long cols = ok ? g_dVs_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_dVs + base + static_cast<long long>(r0) * g_dVs_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_dVs_s1;
           #pragma unroll
           for (int u = 0; u < 16; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 32, c = (i % 32) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dVs_d1 ? g_dVs_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(g_dVs + base + static_cast<long long>(r) * g_dVs_s1 + c) : static_cast<const void*>(g_dVs), n * 4);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dVs_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dVs), n * 4);
           }
         }
         else {
@@ -20013,14 +20201,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -20040,14 +20230,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -20174,14 +20366,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -20201,14 +20395,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -20386,14 +20582,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -20413,14 +20611,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -20461,14 +20661,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -20488,14 +20690,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -20909,14 +21113,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -20936,14 +21142,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -21036,14 +21244,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -21063,14 +21273,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -21273,14 +21485,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -21300,14 +21514,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -21346,14 +21562,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -21373,14 +21591,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -21806,14 +22026,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -21833,14 +22055,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -22003,14 +22227,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -22030,14 +22256,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -22214,14 +22442,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -22241,14 +22471,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -22289,14 +22521,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -22316,14 +22550,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -22730,14 +22966,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -22757,14 +22995,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -22925,14 +23165,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -22952,14 +23194,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -23165,14 +23409,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -23192,14 +23438,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 8, r0 = tid / 16;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -23239,14 +23487,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -23266,14 +23516,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 8, r0 = tid / 16;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(8) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -23744,14 +23996,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(4) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 64;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 4, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -23771,14 +24025,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(4) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int i = tid + u * 64;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 4, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -23928,14 +24184,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 8; ++u) {
-            const int i = tid + u * 64;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -23955,14 +24213,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 16) * 8, r0 = tid / 16;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(4) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 8; ++u) {
-            const int i = tid + u * 64;
-            const int r = i / 16, c = (i % 16) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -24282,14 +24542,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 16) * 8, r0 = tid / 16;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(4) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 8; ++u) {
-                const int i = tid + u * 64;
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 4, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -24309,14 +24571,16 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 16) * 8, r0 = tid / 16;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(4) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 8; ++u) {
-                const int i = tid + u * 64;
-                const int r = i / 16, c = (i % 16) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 4, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -25035,14 +25299,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f1
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 16) * 8, r0 = tid / 16;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(8) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 16, c = (i % 16) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 8, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -25107,14 +25373,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f1
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 8448;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 32) * 4, r0 = tid / 32;
+        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+        const long long rstep = static_cast<long long>(4) * g_S_s2;
         #pragma unroll
         for (int u = 0; u < 16; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 32, c = (i % 32) * 4;
-          const int gr = s2 + r;
-          const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+          const int r = r0 + u * 4, gr = s2 + r;
+          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
         }
       }
       else {
@@ -25162,14 +25430,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c64_f1
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 8448;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 32) * 4, r0 = tid / 32;
+            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+            const long long rstep = static_cast<long long>(4) * g_S_s2;
             #pragma unroll
             for (int u = 0; u < 16; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 32, c = (i % 32) * 4;
-              const int gr = s2 + r;
-              const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+              const int r = r0 + u * 4, gr = s2 + r;
+              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
             }
           }
           else {

@@ -134,14 +134,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -244,14 +246,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -271,14 +275,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -566,14 +572,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -593,14 +601,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -641,14 +651,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -670,14 +682,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -1149,14 +1163,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -1257,14 +1273,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -1284,14 +1302,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -1588,14 +1608,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -1615,14 +1637,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -1662,14 +1686,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -1690,14 +1716,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -2184,14 +2212,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -2294,14 +2324,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -2321,14 +2353,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -2616,14 +2650,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(64) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -2643,14 +2679,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(64) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -2691,14 +2729,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(64) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 64, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -2720,14 +2760,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(64) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 64, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -3200,14 +3242,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -3308,14 +3352,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -3335,14 +3381,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -3639,14 +3687,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 5120;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(64) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -3666,14 +3716,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 5120;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(64) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -3713,14 +3765,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 5120;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(64) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 64, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -3741,14 +3795,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 5120;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(64) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 64, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -4261,14 +4317,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -4288,14 +4346,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -4515,14 +4575,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 2) * 8, r0 = tid / 2;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 1; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 2, c = (i % 2) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -4942,14 +5004,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_dS_s3;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
         }
       }
       else {
@@ -5013,14 +5077,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_dS_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
             }
           }
           else {
@@ -5405,14 +5471,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
@@ -5557,14 +5625,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s0_f32_base + ((0) % 2) * 1152;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+          const long long rstep = static_cast<long long>(16) * g_Sin_s3;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
@@ -5591,14 +5661,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1152;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 8) * 4, r0 = tid / 8;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(16) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -5695,14 +5767,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q1;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 2) * 8, r0 = tid / 2;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(64) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 1; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 2, c = (i % 2) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
@@ -5727,14 +5801,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s1_f32_base + ((0) % 2) * 576;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+          const long long rstep = static_cast<long long>(16) * g_Sin_s3;
           #pragma unroll
           for (int u = 0; u < 1; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
@@ -5761,14 +5837,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 576;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 8) * 4, r0 = tid / 8;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(16) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 1; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -6200,14 +6278,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -6227,14 +6307,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -6361,14 +6443,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -6388,14 +6472,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -6573,14 +6659,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -6600,14 +6688,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -6648,14 +6738,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -6675,14 +6767,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -7068,14 +7162,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -7095,14 +7191,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -7195,14 +7293,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -7222,14 +7322,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -7432,14 +7534,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -7459,14 +7563,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -7505,14 +7611,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -7532,14 +7640,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -8037,14 +8147,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       __nv_bfloat16* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_dY_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
         }
       }
       else {
@@ -8064,14 +8176,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __nv_bfloat16* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
@@ -8107,14 +8221,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_yS_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
         }
       }
       else {
@@ -8355,14 +8471,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_f32_base + ((0) % 2) * 1024;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -8389,14 +8507,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+                const int c = (tid % 8) * 4, r0 = tid / 8;
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+                const long long rstep = static_cast<long long>(16) * g_Sin_s3;
                 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
-                  const int i = tid + u * 128;
-                  const int r = i / 8, c = (i % 8) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                  const int r = r0 + u * 16, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
                 }
               }
               else {
@@ -8773,14 +8893,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -8800,14 +8922,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -8970,14 +9094,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -8997,14 +9123,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -9181,14 +9309,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -9208,14 +9338,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -9256,14 +9388,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -9283,14 +9417,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -9697,14 +9833,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -9724,14 +9862,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -9892,14 +10032,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -9919,14 +10061,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -10132,14 +10276,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -10159,14 +10305,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -10206,14 +10354,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -10233,14 +10383,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -10712,14 +10864,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -10739,14 +10893,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -10908,14 +11064,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -10935,14 +11093,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __nv_bfloat16* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -11213,14 +11373,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __nv_bfloat16* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 4) * 8, r0 = tid / 4;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(32) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 4, c = (i % 4) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -11240,14 +11402,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __nv_bfloat16* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 4) * 8, r0 = tid / 4;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(32) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 4, c = (i % 4) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -11818,14 +11982,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -11845,14 +12011,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -12012,14 +12180,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -12039,14 +12209,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __nv_bfloat16* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -12352,14 +12524,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __nv_bfloat16* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 4) * 8, r0 = tid / 4;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(32) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 4, c = (i % 4) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -12379,14 +12553,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __nv_bfloat16* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 4) * 8, r0 = tid / 4;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(32) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 4, c = (i % 4) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -13134,14 +13310,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -13323,14 +13501,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 4) * 8, r0 = tid / 4;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(32) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
-                  const int i = tid + u * 128;
-                  const int r = i / 4, c = (i % 4) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 32, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -13555,14 +13735,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 2) * 8, r0 = tid / 2;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(64) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 1; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 2, c = (i % 2) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 64, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -13752,14 +13934,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __nv_bfloat16* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 2) * 8, r0 = tid / 2;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(64) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 1; ++u) {
-                  const int i = tid + u * 128;
-                  const int r = i / 2, c = (i % 2) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 64, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -14152,14 +14336,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_Sin_s3;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
         }
       }
       else {
@@ -14203,14 +14389,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_dSin_s3;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
         }
       }
       else {
@@ -14273,14 +14461,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -14325,14 +14515,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_dSin_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
             }
           }
           else {
@@ -14747,14 +14939,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -14774,14 +14968,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -14945,14 +15141,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_ddS_s3;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
         }
       }
       else {
@@ -14979,14 +15177,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_ddS_s3;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
             }
           }
           else {
@@ -15439,14 +15639,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -15466,14 +15668,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -15632,14 +15836,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_ddS_s3;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
         }
       }
       else {
@@ -15666,14 +15872,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_ddS_s3;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
             }
           }
           else {
@@ -16733,14 +16941,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -16760,14 +16970,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -16894,14 +17106,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -16921,14 +17135,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -17106,14 +17322,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -17133,14 +17351,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -17181,14 +17401,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -17208,14 +17430,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -17629,14 +17853,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -17656,14 +17882,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -17756,14 +17984,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -17783,14 +18013,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -17993,14 +18225,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -18020,14 +18254,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -18066,14 +18302,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -18093,14 +18331,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -18526,14 +18766,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -18553,14 +18795,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -18723,14 +18967,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -18750,14 +18996,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -18934,14 +19182,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -18961,14 +19211,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -19009,14 +19261,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -19036,14 +19290,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -19450,14 +19706,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -19477,14 +19735,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -19645,14 +19905,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -19672,14 +19934,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -19885,14 +20149,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -19912,14 +20178,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 8, r0 = tid / 4;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -19959,14 +20227,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -19986,14 +20256,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 4) * 8, r0 = tid / 4;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 4, c = (i % 4) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -20465,14 +20737,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -20492,14 +20766,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -20661,14 +20937,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -20688,14 +20966,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __nv_bfloat16* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -20966,14 +21246,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __nv_bfloat16* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 4) * 8, r0 = tid / 4;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(32) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 4, c = (i % 4) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -20993,14 +21275,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __nv_bfloat16* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 4) * 8, r0 = tid / 4;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(32) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 4, c = (i % 4) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -21571,14 +21855,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -21598,14 +21884,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -21765,14 +22053,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __nv_bfloat16* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -21792,14 +22082,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __nv_bfloat16* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -22105,14 +22397,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __nv_bfloat16* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 4) * 8, r0 = tid / 4;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(32) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 4, c = (i % 4) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -22132,14 +22426,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __nv_bfloat16* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 4) * 8, r0 = tid / 4;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(32) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 4, c = (i % 4) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -22925,14 +23221,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+        const long long rstep = static_cast<long long>(16) * g_S_s2;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s2 + r;
-          const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+          const int r = r0 + u * 16, gr = s2 + r;
+          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
         }
       }
       else {
@@ -22980,14 +23278,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_bf16
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+            const long long rstep = static_cast<long long>(16) * g_S_s2;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s2 + r;
-              const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+              const int r = r0 + u * 16, gr = s2 + r;
+              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
             }
           }
           else {

@@ -134,14 +134,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
       }
     }
     else {
@@ -234,14 +236,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -261,14 +265,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -521,14 +527,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
         }
       }
       else {
@@ -548,14 +556,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
         }
       }
       else {
@@ -595,14 +605,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
             }
           }
           else {
@@ -623,14 +635,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
             }
           }
           else {
@@ -1056,14 +1070,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
       }
     }
     else {
@@ -1156,14 +1172,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -1183,14 +1201,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -1443,14 +1463,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
         }
       }
       else {
@@ -1470,14 +1492,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
         }
       }
       else {
@@ -1517,14 +1541,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
             }
           }
           else {
@@ -1545,14 +1571,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
             }
           }
           else {
@@ -2008,14 +2036,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -2035,14 +2065,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -2216,14 +2248,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 4, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 4, c = (i % 4) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -2597,14 +2631,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_dS_s3;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
         }
       }
       else {
@@ -2668,14 +2704,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_dS_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
             }
           }
           else {
@@ -3056,14 +3094,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
         }
       }
       else {
@@ -3183,14 +3223,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s0_f32_base + ((0) % 2) * 1024;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+          const long long rstep = static_cast<long long>(16) * g_Sin_s3;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
@@ -3217,14 +3259,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 8) * 4, r0 = tid / 8;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(16) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -3303,14 +3347,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q1;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 4) * 4, r0 = tid / 4;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 4, c = (i % 4) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
         }
       }
       else {
@@ -3334,14 +3380,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s1_f32_base + ((0) % 2) * 512;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+          const long long rstep = static_cast<long long>(16) * g_Sin_s3;
           #pragma unroll
           for (int u = 0; u < 1; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
@@ -3368,14 +3416,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 8) * 4, r0 = tid / 8;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(16) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 1; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -3856,14 +3906,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
       }
     }
     else {
@@ -3883,14 +3935,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
       }
     }
     else {
@@ -3983,14 +4037,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -4010,14 +4066,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -4206,14 +4264,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
         }
       }
       else {
@@ -4233,14 +4293,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
         }
       }
       else {
@@ -4279,14 +4341,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
             }
           }
           else {
@@ -4306,14 +4370,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
             }
           }
           else {
@@ -4794,14 +4860,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_dY_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
         }
       }
       else {
@@ -4821,14 +4889,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       float* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
         }
       }
       else {
@@ -4848,14 +4918,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_dy_row;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_dY_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
         }
       }
       else {
@@ -4875,14 +4947,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_yS_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
         }
       }
       else {
@@ -5109,14 +5183,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_f32_base + ((0) % 2) * 1024;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -5143,14 +5219,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+                const int c = (tid % 8) * 4, r0 = tid / 8;
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+                const long long rstep = static_cast<long long>(16) * g_Sin_s3;
                 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
-                  const int i = tid + u * 128;
-                  const int r = i / 8, c = (i % 8) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                  const int r = r0 + u * 16, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
                 }
               }
               else {
@@ -5526,14 +5604,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
       }
     }
     else {
@@ -5553,14 +5633,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
       }
     }
     else {
@@ -5683,14 +5765,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -5710,14 +5794,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -5901,14 +5987,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
         }
       }
       else {
@@ -5928,14 +6016,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
         }
       }
       else {
@@ -5975,14 +6065,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
             }
           }
           else {
@@ -6002,14 +6094,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
             }
           }
           else {
@@ -6451,14 +6545,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -6478,14 +6574,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -6617,14 +6715,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
           }
         }
         else {
@@ -6644,14 +6744,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
           }
         }
         else {
@@ -6922,14 +7024,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+              const int c = (tid % 8) * 4, r0 = tid / 8;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(16) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 4;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
               }
             }
             else {
@@ -6949,14 +7053,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+              const int c = (tid % 8) * 4, r0 = tid / 8;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(16) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 4;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
               }
             }
             else {
@@ -7539,14 +7645,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
       float* const dst = t_fdy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_dY_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
         }
       }
       else {
@@ -7635,14 +7743,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_dY_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
             }
           }
           else {
@@ -7673,14 +7783,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
           }
         }
         else {
@@ -7820,14 +7932,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+                const int c = (tid % 8) * 4, r0 = tid / 8;
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+                const long long rstep = static_cast<long long>(16) * g_dY_s1;
                 #pragma unroll
                 for (int u = 0; u < 4; ++u) {
-                  const int i = tid + u * 128;
-                  const int r = i / 8, c = (i % 8) * 4;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
                 }
               }
               else {
@@ -7857,14 +7971,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+                const int c = (tid % 8) * 4, r0 = tid / 8;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(16) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 4; ++u) {
-                  const int i = tid + u * 128;
-                  const int r = i / 8, c = (i % 8) * 4;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
                 }
               }
               else {
@@ -8052,14 +8168,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_dY_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
             }
           }
           else {
@@ -8090,14 +8208,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 4, r0 = tid / 4;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 4, c = (i % 4) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
           }
         }
         else {
@@ -8239,14 +8359,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+                const int c = (tid % 8) * 4, r0 = tid / 8;
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+                const long long rstep = static_cast<long long>(16) * g_dY_s1;
                 #pragma unroll
                 for (int u = 0; u < 4; ++u) {
-                  const int i = tid + u * 128;
-                  const int r = i / 8, c = (i % 8) * 4;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
                 }
               }
               else {
@@ -8276,14 +8398,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               float* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+                const int c = (tid % 4) * 4, r0 = tid / 4;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(32) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
-                  const int i = tid + u * 128;
-                  const int r = i / 4, c = (i % 4) * 4;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+                  const int r = r0 + u * 32, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
                 }
               }
               else {
@@ -8661,14 +8785,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_Sin_s3;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
         }
       }
       else {
@@ -8712,14 +8838,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_dSin_s3;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
         }
       }
       else {
@@ -8782,14 +8910,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -8834,14 +8964,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_dSin_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
             }
           }
           else {
@@ -9253,14 +9385,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -9280,14 +9414,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -9425,14 +9561,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_ddS_s3;
         #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
         }
       }
       else {
@@ -9459,14 +9597,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_ddS_s3;
             #pragma unroll
             for (int u = 0; u < 2; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
             }
           }
           else {
@@ -10511,14 +10651,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
       }
     }
     else {
@@ -10538,14 +10680,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
       }
     }
     else {
@@ -10638,14 +10782,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -10665,14 +10811,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -10861,14 +11009,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
         }
       }
       else {
@@ -10888,14 +11038,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
         }
       }
       else {
@@ -10934,14 +11086,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
             }
           }
           else {
@@ -10961,14 +11115,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
             }
           }
           else {
@@ -11379,14 +11535,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
       }
     }
     else {
@@ -11406,14 +11564,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
       }
     }
     else {
@@ -11536,14 +11696,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -11563,14 +11725,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -11754,14 +11918,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
         }
       }
       else {
@@ -11781,14 +11947,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
         }
       }
       else {
@@ -11828,14 +11996,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
             }
           }
           else {
@@ -11855,14 +12025,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
             }
           }
           else {
@@ -12304,14 +12476,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
       }
     }
     else {
@@ -12331,14 +12505,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
       }
     }
     else {
@@ -12470,14 +12646,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
           }
         }
         else {
@@ -12497,14 +12675,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
           }
         }
         else {
@@ -12775,14 +12955,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+              const int c = (tid % 8) * 4, r0 = tid / 8;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(16) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 4;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
               }
             }
             else {
@@ -12802,14 +12984,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
+              const int c = (tid % 8) * 4, r0 = tid / 8;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(16) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 4;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 4);
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
               }
             }
             else {
@@ -13467,14 +13651,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 4, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 1; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 4;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 4);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
       }
     }
     else {
@@ -13539,14 +13725,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+        const long long rstep = static_cast<long long>(16) * g_S_s2;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s2 + r;
-          const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+          const int r = r0 + u * 16, gr = s2 + r;
+          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
         }
       }
       else {
@@ -13594,14 +13782,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+            const long long rstep = static_cast<long long>(16) * g_S_s2;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s2 + r;
-              const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+              const int r = r0 + u * 16, gr = s2 + r;
+              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
             }
           }
           else {
@@ -13762,14 +13952,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
       const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 4, r0 = tid / 8;
+        const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_Kc + base + static_cast<long long>(r0) * g_Kc_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_Kc_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Kc + base + static_cast<long long>(r) * g_Kc_s1 + c) : static_cast<const void*>(g_Kc), n * 4);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
         }
       }
       else {
@@ -13795,14 +13987,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
           const long long base = static_cast<long long>(a0) * g_Kc_s0 + static_cast<long long>(s1) * g_Kc_s1 + static_cast<long long>(a2) * g_Kc_s2 + static_cast<long long>(s3) * g_Kc_s3;
           float* const dst = t_k_base + ((((v_i1 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 4, r0 = tid / 8;
+            const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Kc + base + static_cast<long long>(r0) * g_Kc_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_Kc_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 4;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_Kc_d1 ? g_Kc_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Kc + base + static_cast<long long>(r) * g_Kc_s1 + c) : static_cast<const void*>(g_Kc), n * 4);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
             }
           }
           else {
@@ -13827,14 +14021,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
         const long long base = static_cast<long long>(a0) * g_Vc_s0 + static_cast<long long>(s1) * g_Vc_s1 + static_cast<long long>(a2) * g_Vc_s2 + static_cast<long long>(s3) * g_Vc_s3;
         float* const dst = t_v;
         if (prt::aligned16(g_Vc) && base % 4 == 0 && g_Vc_s1 % 4 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 4, r0 = tid / 8;
+          const long long cols = ok ? g_Vc_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Vc + base + static_cast<long long>(r0) * g_Vc_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_Vc_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 4;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Vc_d1 ? g_Vc_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(g_Vc + base + static_cast<long long>(r) * g_Vc_s1 + c) : static_cast<const void*>(g_Vc), n * 4);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Vc_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Vc), n * 4);
           }
         }
         else {

@@ -134,14 +134,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -244,14 +246,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -271,14 +275,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -566,14 +572,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -593,14 +601,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -641,14 +651,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -670,14 +682,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -1149,14 +1163,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -1257,14 +1273,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -1284,14 +1302,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -1588,14 +1608,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 9216;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -1615,14 +1637,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 9216;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(32) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -1662,14 +1686,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -1690,14 +1716,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d64_e64_c128_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(32) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -2218,14 +2246,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -2245,14 +2275,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -2472,9 +2504,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
-      #pragma unroll
-      for (int u = 0; u < 3; ++u) {
-        const int i = tid + u * 256;
+      for (int i = tid; i < 768; i += 256) {
         const int r = i / 6, c = (i % 6) * 8;
         const int gr = s1 + r;
         const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
@@ -2713,14 +2743,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 4) * 8, r0 = tid / 4;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(64) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 4, c = (i % 4) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 64, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -2946,14 +2978,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c1
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k3;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 2) * 8, r0 = tid / 2;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(128) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 1; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 2, c = (i % 2) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 128, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -3373,14 +3407,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
       float* const dst = t_ds_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 16) * 4, r0 = tid / 16;
+        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+        const long long rstep = static_cast<long long>(8) * g_dS_s3;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+          const int r = r0 + u * 8, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
         }
       }
       else {
@@ -3444,14 +3480,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           const long long base = static_cast<long long>(a0) * g_dS_s0 + static_cast<long long>(a1) * g_dS_s1 + static_cast<long long>(a2) * g_dS_s2 + static_cast<long long>(s3) * g_dS_s3 + static_cast<long long>(s4) * g_dS_s4;
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 16) * 4, r0 = tid / 16;
+            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_dS_s3;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dS_d3 ? g_dS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dS + base + static_cast<long long>(r) * g_dS_s3 + c) : static_cast<const void*>(g_dS), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
             }
           }
           else {
@@ -4009,14 +4047,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s0_f32_base + ((0) % 2) * 4352;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          const int c = (tid % 16) * 4, r0 = tid / 16;
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+          const long long rstep = static_cast<long long>(16) * g_Sin_s3;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
@@ -4043,14 +4083,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 16) * 4, r0 = tid / 16;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(16) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const int i = tid + u * 256;
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -4180,14 +4222,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s1_f32_base + ((0) % 2) * 3264;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          const int c = (tid % 16) * 4, r0 = tid / 16;
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+          const long long rstep = static_cast<long long>(16) * g_Sin_s3;
           #pragma unroll
           for (int u = 0; u < 3; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
@@ -4214,14 +4258,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3264;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 16) * 4, r0 = tid / 16;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(16) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 3; ++u) {
-                const int i = tid + u * 256;
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -4351,14 +4397,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s2_f32_base + ((0) % 2) * 2176;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          const int c = (tid % 16) * 4, r0 = tid / 16;
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+          const long long rstep = static_cast<long long>(16) * g_Sin_s3;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
@@ -4385,14 +4433,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2176;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 16) * 4, r0 = tid / 16;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(16) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 2; ++u) {
-                const int i = tid + u * 256;
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -4521,14 +4571,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
         const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
         float* const dst = t_s3_f32_base + ((0) % 2) * 1088;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+          const int c = (tid % 16) * 4, r0 = tid / 16;
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+          const long long rstep = static_cast<long long>(16) * g_Sin_s3;
           #pragma unroll
           for (int u = 0; u < 1; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 16, c = (i % 16) * 4;
-            const int gr = s3 + r;
-            const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
           }
         }
         else {
@@ -4555,14 +4607,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d64_e64_c12
             const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
             float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1088;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+              const int c = (tid % 16) * 4, r0 = tid / 16;
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+              const long long rstep = static_cast<long long>(16) * g_Sin_s3;
               #pragma unroll
               for (int u = 0; u < 1; ++u) {
-                const int i = tid + u * 256;
-                const int r = i / 16, c = (i % 16) * 4;
-                const int gr = s3 + r;
-                const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
               }
             }
             else {
@@ -5000,14 +5054,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -5027,14 +5083,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -5161,14 +5219,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -5188,14 +5248,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -5373,14 +5435,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -5400,14 +5464,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -5448,14 +5514,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -5475,14 +5543,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -5868,14 +5938,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -5895,14 +5967,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -5995,14 +6069,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -6022,14 +6098,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -6232,14 +6310,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -6259,14 +6339,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -6305,14 +6387,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -6332,14 +6416,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -6863,14 +6949,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
       __half* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_Q_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
         }
       }
       else {
@@ -6906,14 +6994,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       const long long base = static_cast<long long>(a0) * g_yS_s0 + static_cast<long long>(s1) * g_yS_s1 + static_cast<long long>(a2) * g_yS_s2 + static_cast<long long>(s3) * g_yS_s3;
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 4, r0 = tid / 16;
+        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
+        const long long rstep = static_cast<long long>(8) * g_yS_s1;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_yS_d1 ? g_yS_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_yS + base + static_cast<long long>(r) * g_yS_s1 + c) : static_cast<const void*>(g_yS), n * 4);
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
         }
       }
       else {
@@ -7179,14 +7269,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_f32_base + ((0) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 16) * 4, r0 = tid / 16;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -7213,14 +7305,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+                const int c = (tid % 16) * 4, r0 = tid / 16;
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+                const long long rstep = static_cast<long long>(8) * g_Sin_s3;
                 #pragma unroll
                 for (int u = 0; u < 8; ++u) {
-                  const int i = tid + u * 128;
-                  const int r = i / 16, c = (i % 16) * 4;
-                  const int gr = s3 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+                  const int r = r0 + u * 8, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
                 }
               }
               else {
@@ -7605,14 +7699,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -7632,14 +7728,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -7802,14 +7900,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -7829,14 +7929,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -8013,14 +8115,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -8040,14 +8144,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -8088,14 +8194,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -8115,14 +8223,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -8529,14 +8639,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -8556,14 +8668,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_dY_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
       }
     }
     else {
@@ -8724,14 +8838,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -8751,14 +8867,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -8964,14 +9082,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
       __half* const dst = t_k_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_K_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
         }
       }
       else {
@@ -8991,14 +9111,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
       __half* const dst = t_v_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+        const int c = (tid % 8) * 8, r0 = tid / 8;
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+        const long long rstep = static_cast<long long>(16) * g_V_s1;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 8, c = (i % 8) * 8;
-          const int gr = s1 + r;
-          const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
         }
       }
       else {
@@ -9038,14 +9160,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_K_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
             }
           }
           else {
@@ -9065,14 +9189,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+            const int c = (tid % 8) * 8, r0 = tid / 8;
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+            const long long rstep = static_cast<long long>(16) * g_V_s1;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 8, c = (i % 8) * 8;
-              const int gr = s1 + r;
-              const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
             }
           }
           else {
@@ -9544,14 +9670,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -9571,14 +9699,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -9730,14 +9860,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 8, r0 = tid / 8;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -9757,14 +9889,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 8, r0 = tid / 8;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -10047,14 +10181,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 8) * 8, r0 = tid / 8;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(16) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -10074,14 +10210,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 8) * 8, r0 = tid / 8;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(16) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -10654,14 +10792,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -10681,14 +10821,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_V_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_V_d1 ? g_V_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_V + base + static_cast<long long>(r) * g_V_s1 + c) : static_cast<const void*>(g_V), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
       }
     }
     else {
@@ -10838,14 +10980,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 8, r0 = tid / 8;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -10865,14 +11009,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 8, r0 = tid / 8;
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+          const long long rstep = static_cast<long long>(16) * g_dY_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 128;
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
           }
         }
         else {
@@ -11192,14 +11338,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 8) * 8, r0 = tid / 8;
+              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+              const long long rstep = static_cast<long long>(16) * g_Q_s1;
               #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
               }
             }
             else {
@@ -11219,14 +11367,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             const long long base = static_cast<long long>(a0) * g_dY_s0 + static_cast<long long>(s1) * g_dY_s1 + static_cast<long long>(a2) * g_dY_s2 + static_cast<long long>(s3) * g_dY_s3;
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
+              const int c = (tid % 8) * 8, r0 = tid / 8;
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
+              const long long rstep = static_cast<long long>(16) * g_dY_s1;
               #pragma unroll
               for (int u = 0; u < 4; ++u) {
-                const int i = tid + u * 128;
-                const int r = i / 8, c = (i % 8) * 8;
-                const int gr = s1 + r;
-                const long long left = ok && gr >= 0 && gr < g_dY_d1 ? g_dY_d3 - (s3 + c) : 0;
-                const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_dY + base + static_cast<long long>(r) * g_dY_s1 + c) : static_cast<const void*>(g_dY), n * 2);
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
               }
             }
             else {
@@ -12004,14 +12154,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 8) * 8, r0 = tid / 8;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(32) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 8, c = (i % 8) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -12210,14 +12362,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 8) * 8, r0 = tid / 8;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(32) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 4; ++u) {
-                  const int i = tid + u * 256;
-                  const int r = i / 8, c = (i % 8) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 32, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -12458,9 +12612,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-          #pragma unroll
-          for (int u = 0; u < 3; ++u) {
-            const int i = tid + u * 256;
+          for (int i = tid; i < 768; i += 256) {
             const int r = i / 6, c = (i % 6) * 8;
             const int gr = s1 + r;
             const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -12672,9 +12824,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
-                #pragma unroll
-                for (int u = 0; u < 3; ++u) {
-                  const int i = tid + u * 256;
+                for (int i = tid; i < 768; i += 256) {
                   const int r = i / 6, c = (i % 6) * 8;
                   const int gr = s1 + r;
                   const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
@@ -12927,14 +13077,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 4) * 8, r0 = tid / 4;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(64) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 4, c = (i % 4) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 64, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -13139,14 +13291,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 4) * 8, r0 = tid / 4;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(64) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 2; ++u) {
-                  const int i = tid + u * 256;
-                  const int r = i / 4, c = (i % 4) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 64, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -13388,14 +13542,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
         __half* const dst = t_q3;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+          const int c = (tid % 2) * 8, r0 = tid / 2;
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+          const long long rstep = static_cast<long long>(128) * g_Q_s1;
           #pragma unroll
           for (int u = 0; u < 1; ++u) {
-            const int i = tid + u * 256;
-            const int r = i / 2, c = (i % 2) * 8;
-            const int gr = s1 + r;
-            const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-            const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-            prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+            const int r = r0 + u * 128, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
           }
         }
         else {
@@ -13602,14 +13758,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
               __half* const dst = t_q3;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+                const int c = (tid % 2) * 8, r0 = tid / 2;
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+                const long long rstep = static_cast<long long>(128) * g_Q_s1;
                 #pragma unroll
                 for (int u = 0; u < 1; ++u) {
-                  const int i = tid + u * 256;
-                  const int r = i / 2, c = (i % 2) * 8;
-                  const int gr = s1 + r;
-                  const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-                  const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-                  prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+                  const int r = r0 + u * 128, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
                 }
               }
               else {
@@ -14019,14 +14177,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
       float* const dst = t_s_in_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 16) * 4, r0 = tid / 16;
+        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+        const long long rstep = static_cast<long long>(8) * g_Sin_s3;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+          const int r = r0 + u * 8, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
         }
       }
       else {
@@ -14070,14 +14230,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
       float* const dst = t_ds_in_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 16) * 4, r0 = tid / 16;
+        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+        const long long rstep = static_cast<long long>(8) * g_dSin_s3;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+          const int r = r0 + u * 8, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
         }
       }
       else {
@@ -14140,14 +14302,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_Sin_s0 + static_cast<long long>(a1) * g_Sin_s1 + static_cast<long long>(a2) * g_Sin_s2 + static_cast<long long>(s3) * g_Sin_s3 + static_cast<long long>(s4) * g_Sin_s4;
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 16) * 4, r0 = tid / 16;
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_Sin_s3;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_Sin_d3 ? g_Sin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_Sin + base + static_cast<long long>(r) * g_Sin_s3 + c) : static_cast<const void*>(g_Sin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
             }
           }
           else {
@@ -14192,14 +14356,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           const long long base = static_cast<long long>(a0) * g_dSin_s0 + static_cast<long long>(a1) * g_dSin_s1 + static_cast<long long>(a2) * g_dSin_s2 + static_cast<long long>(s3) * g_dSin_s3 + static_cast<long long>(s4) * g_dSin_s4;
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 16) * 4, r0 = tid / 16;
+            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
+            const long long rstep = static_cast<long long>(8) * g_dSin_s3;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_dSin_d3 ? g_dSin_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_dSin + base + static_cast<long long>(r) * g_dSin_s3 + c) : static_cast<const void*>(g_dSin), n * 4);
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
             }
           }
           else {
@@ -14624,14 +14790,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -14840,14 +15008,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 16) * 4, r0 = tid / 16;
+        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_ddS_s3;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
         }
       }
       else {
@@ -14874,14 +15044,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 16) * 4, r0 = tid / 16;
+            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_ddS_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
             }
           }
           else {
@@ -15394,14 +15566,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
     const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
+      const long long rstep = static_cast<long long>(32) * g_K_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const int i = tid + u * 256;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_K_d1 ? g_K_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_K + base + static_cast<long long>(r) * g_K_s1 + c) : static_cast<const void*>(g_K), n * 2);
+        const int r = r0 + u * 32, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
       }
     }
     else {
@@ -15604,14 +15778,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
       const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
       float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+        const int c = (tid % 16) * 4, r0 = tid / 16;
+        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+        const long long rstep = static_cast<long long>(16) * g_ddS_s3;
         #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int i = tid + u * 256;
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s3 + r;
-          const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+          const int r = r0 + u * 16, gr = s3 + r;
+          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
         }
       }
       else {
@@ -15638,14 +15814,16 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_bwd_p2_d64_e6
           const long long base = static_cast<long long>(a0) * g_ddS_s0 + static_cast<long long>(a1) * g_ddS_s1 + static_cast<long long>(a2) * g_ddS_s2 + static_cast<long long>(s3) * g_ddS_s3 + static_cast<long long>(s4) * g_ddS_s4;
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
+            const int c = (tid % 16) * 4, r0 = tid / 16;
+            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
+            const long long rstep = static_cast<long long>(16) * g_ddS_s3;
             #pragma unroll
             for (int u = 0; u < 4; ++u) {
-              const int i = tid + u * 256;
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s3 + r;
-              const long long left = ok && gr >= 0 && gr < g_ddS_d3 ? g_ddS_d4 - (s4 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(g_ddS + base + static_cast<long long>(r) * g_ddS_s3 + c) : static_cast<const void*>(g_ddS), n * 4);
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
             }
           }
           else {
@@ -16826,14 +17004,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
     const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
+      const int c = (tid % 8) * 8, r0 = tid / 8;
+      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_Q_s1;
       #pragma unroll
       for (int u = 0; u < 1; ++u) {
-        const int i = tid + u * 128;
-        const int r = i / 8, c = (i % 8) * 8;
-        const int gr = s1 + r;
-        const long long left = ok && gr >= 0 && gr < g_Q_d1 ? g_Q_d3 - (s3 + c) : 0;
-        const int n = left <= 0 ? 0 : left >= 8 ? 8 : static_cast<int>(left);
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(g_Q + base + static_cast<long long>(r) * g_Q_s1 + c) : static_cast<const void*>(g_Q), n * 2);
+        const int r = r0 + u * 16, gr = s1 + r;
+        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
       }
     }
     else {
@@ -16898,14 +17078,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
       const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
       float* const dst = t_s_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+        const int c = (tid % 16) * 4, r0 = tid / 16;
+        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+        const long long rstep = static_cast<long long>(8) * g_S_s2;
         #pragma unroll
         for (int u = 0; u < 8; ++u) {
-          const int i = tid + u * 128;
-          const int r = i / 16, c = (i % 16) * 4;
-          const int gr = s2 + r;
-          const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-          const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-          prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+          const int r = r0 + u * 8, gr = s2 + r;
+          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
         }
       }
       else {
@@ -16953,14 +17135,16 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c128_f16
           const long long base = static_cast<long long>(a0) * g_S_s0 + static_cast<long long>(a1) * g_S_s1 + static_cast<long long>(s2) * g_S_s2 + static_cast<long long>(s3) * g_S_s3;
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
+            const int c = (tid % 16) * 4, r0 = tid / 16;
+            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
+            const long long rstep = static_cast<long long>(8) * g_S_s2;
             #pragma unroll
             for (int u = 0; u < 8; ++u) {
-              const int i = tid + u * 128;
-              const int r = i / 16, c = (i % 16) * 4;
-              const int gr = s2 + r;
-              const long long left = ok && gr >= 0 && gr < g_S_d2 ? g_S_d3 - (s3 + c) : 0;
-              const int n = left <= 0 ? 0 : left >= 4 ? 4 : static_cast<int>(left);
-              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(g_S + base + static_cast<long long>(r) * g_S_s2 + c) : static_cast<const void*>(g_S), n * 4);
+              const int r = r0 + u * 8, gr = s2 + r;
+              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
             }
           }
           else {

@@ -32,11 +32,18 @@ describe("gen", () => {
     expect(m.kernels.length).toBeGreaterThan(0);
     for (const k of m.kernels) {
       const src = readFileSync(path.join(GENERATED, k.source), "utf8");
-      expect(src).toContain(`extern "C" __global__ void __launch_bounds__(${k.threads}) ${k.symbol}(`);
+      const bounds = (k.schedule.minBlocks ?? 1) > 1 ? `${k.threads}, ${k.schedule.minBlocks}` : `${k.threads}`;
+      expect(src).toContain(`extern "C" __global__ void __launch_bounds__(${bounds}) ${k.symbol}(`);
       expect(k.args.map((a) => a.kind)).toEqual([...k.args.filter((a) => a.kind === "tensor"), ...k.args.filter((a) => a.kind === "param")].map((a) => a.kind));
       expect(k.smemBytes).toBeGreaterThan(0);
       expect(m.files.find((f) => f.source === k.source)?.sha256).toBe(k.sourceSha256);
     }
     for (const f of m.files) expect(f.sha256).toMatch(/^[0-9a-f]{64}$/);
+    // every plan step launches a kernel the manifest has, under the schedule gen built (a tuned
+    // chunk-free kernel's plan steps once named its default schedule: the native core refused them)
+    const symbols = new Set(m.kernels.map((k) => k.symbol));
+    const missing = new Set<string>();
+    for (const p of m.plans) for (const v of p.variants) for (const st of v.steps) if (!symbols.has(st.symbol)) missing.add(`${p.kind} ${p.spec}: ${st.symbol}`);
+    expect([...missing]).toEqual([]);
   });
 });

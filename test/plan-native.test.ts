@@ -158,11 +158,11 @@ describe.skipIf(!!skip)("native plan interpreter on the fake driver", () => {
       for (const t of [700, 1024]) {
         const spec = { ...built, chunk: 1024 };
         const p: Problem = { b: 2, t, hq: 4, h: 2, d: 64, e: 64, deg: 2, chunk: 1024, dtype: "bf16", scale: 0.3, gated: !!gated, initialState: false };
-        // the TS plan at chunk 1024, its kernels resolved to the built chunk (what runtime/kernels.ts does)
+        // the TS plan at chunk 1024, its kernels resolved to the built chunk and its schedules (what runtime/kernels.ts does)
         const problem = { b: 2, t, hq: 4, h: 2, scale: 0.3, gated, initial_state: 0, final_state: 0, len0: 0 };
         for (const kind of ["forward", "backward"] as const) {
           const plan = (kind === "forward" ? forwardPlan : backwardPlan)(p, sched);
-          const resolved = { ...plan, steps: plan.steps.map((s) => ({ ...s, spec: { ...s.spec, chunk: built.chunk } })) };
+          const resolved = { ...plan, steps: plan.steps.map((s) => homeStep(s, built.chunk, tuned)) };
           expect(plan.steps.map((s) => s.kernel.name)).toEqual(kind === "forward" ? ["attention_y"] : ["attention_bwd_prep_y", "attention_bwd_dq_y", "attention_bwd_dkv_y", "gate_grads_y"]);
           cases.push({ kind, spec, problem, plan: resolved });
         }
