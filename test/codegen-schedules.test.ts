@@ -44,6 +44,7 @@ describe("parseSchedules", () => {
     expect(entry.symbol).toMatch(/_w8_bd0_bt128_s2_m2$/);
     expect(entry.schedule).toEqual(sch);
     expect(g.files.get(entry.source)!).toContain(`__launch_bounds__(256, 2) ${entry.symbol}(`);
-    expect(KERNELS.find((k) => k.name === "attention_y")!.scheduleSpace(spec).some((x) => x.minBlocks === 2)).toBe(true);
+    for (const name of ["attention_y", "attention_bwd_dkv_y", "attention_bwd_dq_y"])
+      expect(KERNELS.find((k) => k.name === name)!.scheduleSpace(spec).some((x) => x.minBlocks === 2), name).toBe(true);
   });
 });

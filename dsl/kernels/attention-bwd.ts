@@ -426,10 +426,15 @@ type Build = (spec: Spec, sch: Schedule, epilogue: Epilogue) => Kernel;
 /** Largest blocks first; a warp owns 16 rows (as the forward's attention). */
 const candidates = (cap: number): Schedule[] => tileSizes(cap, 128).map((blockT) => ({ numWarps: blockT / 16, blockD: 0, blockT, stages: 2 }));
 
-/** Blocks down to 16 rows, a warp owning 16 to 64 of them, with and without prefetch. */
+/** Blocks down to 16 rows, a warp owning 16 to 64 of them, with and without prefetch, and for
+ * blocks of 4 warps or more two blocks an SM (the forward's attention_y ran 1.22x faster so on the
+ * H100; dkv holds 255 registers a thread at one block). tileBytes counts the register tiles too, so
+ * whether two blocks also fit an SM's shared memory is the autotune's to find (gen refuses only a
+ * block that fits no arch). */
 function space(cap: number, s: Spec, build: Build, epilogue: Epilogue): Schedule[] {
   return tileSizes(cap, 128)
-    .flatMap((blockT) => [1, 2, 4, 8].filter((w) => 16 * w <= blockT && 64 * w >= blockT).flatMap((numWarps) => [1, 2].map((stages) => ({ numWarps, blockD: 0, blockT, stages }))))
+    .flatMap((blockT) => [1, 2, 4, 8].filter((w) => 16 * w <= blockT && 64 * w >= blockT).flatMap((numWarps) => [1, 2].flatMap((stages) =>
+      (numWarps >= 4 ? [1, 2] : [1]).map((minBlocks) => ({ numWarps, blockD: 0, blockT, stages, ...(minBlocks > 1 ? { minBlocks } : {}) })))))
     .filter((sch) => tileBytes(build(s, sch, epilogue)) <= TILE_BUDGET);
 }
 
