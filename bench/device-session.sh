@@ -86,6 +86,9 @@ for step in "${@:-all}"; do
       # each kernel's ms, TFLOP/s and % of a bf16 matmul ceiling measured here; issue23.json and .png
       # in $OUT (and bench/results/<date>-<commit>/ in a git checkout); the headline table last
       I23_SHAPES=${I23_SHAPES:-"16:1024 4:4096 1:16384"}
+      # the results folder and the JSON are named by COMMIT; a copied working tree's git may not know
+      # the commit it was copied at (one run took a stale HEAD), so say so when it is unset
+      [[ -n "${COMMIT:-}" ]] || echo "issue23: COMMIT is unset; the report takes this machine's git HEAD ($(git rev-parse --short HEAD 2>/dev/null || echo none)), which may not be the tree measured"
       CEIL=1 REPS=${REPS:-20} timeout ${I23_LIMIT:-150} python3 bench/sdpa.py $I23_SHAPES > "$OUT/issue23-sdpa.log" 2> "$OUT/issue23-sdpa.err"
       echo "issue23 sdpa rc=$?"; tail -3 "$OUT/issue23-sdpa.err"
       PROFILE=1 CHUNK=${I23_CHUNK:-auto} REPS=${REPS:-20} timeout ${I23_LIMIT:-150} node --import tsx bench/retention.ts $I23_SHAPES > "$OUT/issue23-ours.log" 2> "$OUT/issue23-ours.err"
