@@ -302,6 +302,18 @@ function slicesReads(ss: readonly Slice[], out: Set<string>): void {
 }
 
 /** The tiles a (non-compound) statement reads and writes; for/if report their header's reads only. */
+/** The shared-memory bytes [start, end) a tile occupies, all its copies; null for a tile outside
+ * shared memory or not yet planned. */
+export function smemRegion(k: LKernel, name: string): readonly [number, number] | null {
+  const b = bufferOf(k, name);
+  if (b.home !== "smem" || b.offset === null) return null;
+  return [b.offset, b.offset + b.copies * smemTileBytes(b)];
+}
+
+/** Whether two regions (smemRegion) share a byte. */
+export const regionsOverlap = (a: readonly [number, number] | null, b: readonly [number, number] | null): boolean =>
+  a !== null && b !== null && a[0] < b[1] && b[0] < a[1];
+
 export function stmtAccess(s: LStmt): { reads: Set<string>; writes: Set<string> } {
   const reads = new Set<string>(), writes = new Set<string>();
   switch (s.kind) {

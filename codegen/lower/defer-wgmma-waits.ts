@@ -13,16 +13,7 @@
 // The wait is followed by a register fence of the accumulator (prt::wgmma_fence_regs), so the
 // compiler cannot move its reads above the wait.
 
-import { bufferOf, smemTileBytes, stmtAccess, walkStmts, type LKernel, type LMma, type LStmt } from "../lir.ts";
-
-type Range = readonly [number, number];
-
-function region(k: LKernel, name: string): Range | null {
-  const b = bufferOf(k, name);
-  if (b.home !== "smem" || b.offset === null) return null;
-  return [b.offset, b.offset + b.copies * smemTileBytes(b)];
-}
-const overlap = (a: Range | null, b: Range | null): boolean => a !== null && b !== null && a[0] < b[1] && b[0] < a[1];
+import { bufferOf, regionsOverlap, smemRegion, stmtAccess, walkStmts, type LKernel, type LMma, type LStmt } from "../lir.ts";
 
 const isWgmma = (s: LStmt): boolean =>
   (s.kind === "mma" && s.impl?.kind === "wgmma") || (s.kind === "mmaGroup" && s.mmas.some((m) => m.impl?.kind === "wgmma"));
@@ -43,7 +34,7 @@ function deepAccess(s: LStmt): { reads: Set<string>; writes: Set<string>; wgmma:
 /** Where in `body` the wait of the wgmma at `at` goes (an index to insert before). */
 function waitPoint(k: LKernel, body: readonly LStmt[], at: number): number {
   const m = body[at] as LMma;
-  const operands = [m.a, m.b].map((x) => region(k, x));
+  const operands = [m.a, m.b].map((x) => smemRegion(k, x));
   const regA = bufferOf(k, m.a).home === "frag" ? m.a : null;
   let lastBarrier = -1;
   for (let j = at + 1; j < body.length; j++) {
@@ -54,7 +45,7 @@ function waitPoint(k: LKernel, body: readonly LStmt[], at: number): number {
     }
     const { reads, writes, wgmma } = deepAccess(s);
     if (wgmma || reads.has(m.dst) || writes.has(m.dst)) return j;
-    const disturbs = [...writes].some((w) => w === regA || operands.some((r) => overlap(r, region(k, w))));
+    const disturbs = [...writes].some((w) => w === regA || operands.some((r) => regionsOverlap(r, smemRegion(k, w))));
     if (disturbs) return lastBarrier > at ? lastBarrier : j;
   }
   // the list's end; a barrier after the mma may order it before a write further on (the loop's

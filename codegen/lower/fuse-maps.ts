@@ -13,7 +13,7 @@
 // loads that two expressions share) and lo reads hi from a register.
 
 import type { Expr } from "../../dsl/ir.ts";
-import { bufferOf, exprReads, mapFragReads, readNodes, smemTileBytes, type LKernel, type LStmt } from "../lir.ts";
+import { bufferOf, exprReads, mapFragReads, readNodes, regionsOverlap, smemRegion, type LKernel, type LStmt } from "../lir.ts";
 
 export type MapStmt = Extract<LStmt, { kind: "map" }>;
 
@@ -22,14 +22,6 @@ const isSmemMap = (k: LKernel, s: LStmt): s is MapStmt => s.kind === "map" && bu
 
 export const ownElement = (rank: number, index: readonly Expr[]): boolean =>
   rank === 1 ? index.length === 1 && index[0]!.op === "row" : index.length === 2 && index[0]!.op === "row" && index[1]!.op === "col";
-
-function bytes(k: LKernel, name: string): [number, number] | null {
-  const b = bufferOf(k, name);
-  if (b.home !== "smem" || b.offset === null) return null;
-  return [b.offset, b.offset + b.copies * smemTileBytes(b)];
-}
-
-const overlap = (a: [number, number] | null, b: [number, number] | null): boolean => a !== null && b !== null && a[0] < b[1] && b[0] < a[1];
 
 /** Whether `next` may join the run `run` (all smem maps over one shape, consecutive). */
 function joins(k: LKernel, run: readonly MapStmt[], next: MapStmt): boolean {
@@ -48,7 +40,7 @@ function joins(k: LKernel, run: readonly MapStmt[], next: MapStmt): boolean {
     exprReads(m.expr, touched);
   }
   for (const m of all)
-    for (const t of touched) if (t !== m.dst && overlap(bytes(k, m.dst), bytes(k, t))) return false;
+    for (const t of touched) if (t !== m.dst && regionsOverlap(smemRegion(k, m.dst), smemRegion(k, t))) return false;
   return true;
 }
 

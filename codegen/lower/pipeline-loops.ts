@@ -50,39 +50,34 @@ const substSlices = (ss: readonly Slice[], name: string, by: Expr): Slice[] =>
  * copy 0, done before the prologue refills it (the barrier pass orders the two, the region being
  * the same), and the loop leaves the tile bound to some stage nobody reads again. */
 function accessesOutside(k: LKernel, loop: LStmt, tile: string): boolean {
-  let found = false, seen = false, enclosed = false;
-  const touches = (s: LStmt): boolean => {
-    const { reads, writes } = stmtAccess(s);
-    return reads.has(tile) || writes.has(tile);
+  const touches = (body: readonly LStmt[]): boolean => {
+    let hit = false;
+    walkStmts(body, (u) => {
+      const { reads, writes } = stmtAccess(u);
+      if (reads.has(tile) || writes.has(tile)) hit = true;
+    });
+    return hit;
   };
-  const contains = (s: LStmt): boolean => {
+  const holdsLoop = (s: LStmt): boolean => {
     let hit = false;
     walkStmts([s], (u) => { if (u === loop) hit = true; });
     return hit;
   };
+  let seen = false, before = false, after = false, enclosed = false;
   const visit = (body: readonly LStmt[], inLoop: boolean): void => {
     for (const s of body) {
-      if (s === loop) {
-        seen = true;
-        enclosed = inLoop;
-        continue;
-      }
-      if ((s.kind === "for" || s.kind === "if") && contains(s)) {
+      if (s === loop) [seen, enclosed] = [true, inLoop];
+      else if ((s.kind === "for" || s.kind === "if") && holdsLoop(s)) {
+        if (touches([{ ...s, body: [] }])) after = true; // its bounds or condition: conservatively out
         visit(s.body, inLoop || s.kind === "for");
-        continue;
+      } else if (touches([s])) {
+        if (seen) after = true;
+        else before = true;
       }
-      if (s.kind === "for" || s.kind === "if") {
-        let inner = false;
-        walkStmts(s.body, (u) => { if (touches(u)) inner = true; });
-        if (inner || touches(s)) (seen ? (found = true) : before.push(s));
-        continue;
-      }
-      if (touches(s)) (seen ? (found = true) : before.push(s));
     }
   };
-  const before: LStmt[] = [];
   visit(k.body, false);
-  return found || (enclosed && before.length > 0);
+  return after || (enclosed && before);
 }
 
 /** The loads of a loop body that can be streamed. */

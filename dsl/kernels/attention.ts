@@ -206,7 +206,7 @@ function sharedBytes(s: Spec, sch: Schedule, epilogue: Epilogue): number {
   const shared = k.buffers.filter((b) => b.type.space === "shared").reduce((sum, b) => sum + b.type.shape.reduce((x, y) => x * y, 1) * dtypeBytes(b.type.dtype), 0);
   // f32 mmas run on FMA, which take no operand from registers: the weights p stay a shared tile
   const weights = s.dtype === "f32" ? sch.blockT * sch.blockT * 4 : 0;
-  return shared + weights + (sch.stages - 1) * sch.blockT * (s.d + s.e + 1) * dtypeBytes(s.dtype);
+  return shared + weights + (sch.stages - 1) * sch.blockT * ((s.d + s.e) * dtypeBytes(s.dtype) + 4); // + an f32 gate a row
 }
 
 /** Shared memory of an SM that blocks share (H100 and H200: 228 KB, less 1 KB reserved per block). */

@@ -45,9 +45,6 @@ def _manifests() -> list:
     return _manifest.load_all(_paths.manifest_paths())
 
 
-_per_search_path = _paths.per_search_path
-
-
 def _plan(kind: str, spec: _manifest.Spec, b: int, t: int, hq: int, h: int, scale: float, gated: bool,
           initial_state: bool = False, final_state: bool = False, len0: int = 0) -> _native.Plan:
     key = (kind, spec, b, t, hq, h, scale, gated, initial_state, final_state, len0)
@@ -100,7 +97,7 @@ _untuned = set()
 
 
 @_constant
-@_per_search_path
+@_paths.per_search_path
 def _auto_chunk(deg: int, d: int, e: int, dtype: str, t: int, initial: bool, final: bool, device: Optional[str]) -> int:
     ms = _manifests()
     if _manifest.algorithm_entry(ms, device, deg, d, e, dtype) is None and (device, deg, d, e, dtype) not in _untuned:
@@ -111,7 +108,7 @@ def _auto_chunk(deg: int, d: int, e: int, dtype: str, t: int, initial: bool, fin
 
 
 @_constant
-@_per_search_path
+@_paths.per_search_path
 def _output_names(kind: str, deg: int, d: int, e: int, chunk: int, dtype: str, gated: bool, initial: bool, final: bool,
                   one_chunk: bool) -> tuple:
     spec = _manifest.Spec(deg, d, e, chunk, dtype)
@@ -128,7 +125,7 @@ def _output_names(kind: str, deg: int, d: int, e: int, chunk: int, dtype: str, g
 # of the plans (e.g. a new saved tensor) reaches Python by regenerating, with no edit here.
 
 
-@_per_search_path
+@_paths.per_search_path
 def _forward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> list:
     plan = _manifest.find_plan(_manifests(), "forward", spec, t <= spec.chunk and not initial_state and not final_state, gated)
     if plan is None:
@@ -158,7 +155,7 @@ def _(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state):
     return [Q.new_empty(shape, dtype=_TORCH[dt]) for _, dt, shape in names]
 
 
-@_per_search_path
+@_paths.per_search_path
 def _backward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> list:
     plan = _manifest.find_plan(_manifests(), "backward", spec, t <= spec.chunk and not initial_state and not final_state, gated)
     if plan is None:
