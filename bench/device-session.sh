@@ -3,7 +3,7 @@
 # against the interpreter and the float64 reference, then time ours beside PyTorch SDPA in the same
 # run. Every log goes under $OUT (default ./device-out). Needs node, nvcc, python3 with torch on PATH;
 # a .device/setup.sh beside it, when there is one, is sourced first to provide them.
-# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|sm80|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
+# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|sm80|sass|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 if [[ -f .device/setup.sh ]]; then source .device/setup.sh > "$OUT/setup.log" 2>&1; fi
@@ -111,6 +111,22 @@ for step in "${@:-all}"; do
       timeout ${ALG_LIMIT:-420} node --import tsx bench/algorithms.ts --specs ${ALG_SPECS:-p2_d64_e64_bf16} --ts ${ALG_TS:-1024,2048,4096,8192,16384,32768} \
         --bh ${ALG_BH:-8,64} --reps ${REPS:-5} --out "$OUT/algorithms.json" > "$OUT/algorithms.log" 2>&1
       echo "algorithms rc=$?"; grep -vE "^\{" "$OUT/algorithms.log" | tail -30 ;;
+    sass)
+      # issue 23: where one kernel's instructions go, at b = $SASS_B, t = $SASS_T on the quadratic
+      # path: its SASS (cuobjdump, every fatbin on the search path) and Nsight Compute's source page
+      # (per-instruction executions and stall samples, CSV)
+      K=${SASS_KERNEL:-attention_y}
+      for fb in "${RETENTION_KERNELS:-build/kernels}"/*.fatbin build/kernels/*.fatbin; do
+        [[ -f "$fb" ]] && cuobjdump -sass "$fb" | awk -v k="prt_${K}_" '/Function : /{p = index($0, k) > 0} p'
+      done > "$OUT/sass-$K.txt" 2>&1
+      echo "sass $K: $(grep -cE '^\s+/\*[0-9a-f]{4}\*/' "$OUT/sass-$K.txt") instructions"
+      FWD=$([[ $K == attention_y ]] && echo 1 || echo 0)
+      B=${SASS_B:-4} CHUNK=16384 FWD_ONLY=$FWD REPS=1 timeout 240 ncu --kernel-name "regex:prt_${K}_" --launch-count 1 \
+        --section SourceCounters --section WarpStateStats --section SpeedOfLight -o "$OUT/ncu-$K" -f \
+        node --import tsx bench/retention.ts ${SASS_T:-4096} > "$OUT/ncu-$K.log" 2>&1
+      echo "ncu $K rc=$?"
+      ncu -i "$OUT/ncu-$K.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu-source-$K.csv" 2>&1
+      echo "ncu source page rc=$? ($(wc -l < "$OUT/ncu-source-$K.csv") lines)"; head -3 "$OUT/ncu-source-$K.csv" | cut -c1-300 ;;
     ncu)
       KERNELS=${NCU_KERNELS:-"query_state_bwd_dq|update_state_bwd|query_state|update_state"}
       CHUNK=${CHUNKS%% *} REPS=1 timeout 400 ncu --kernel-name "regex:$KERNELS" --launch-count 4 \

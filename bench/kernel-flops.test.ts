@@ -19,7 +19,7 @@ describe("kernel FLOPs", () => {
   it("counts the quadratic path's attention kernels per pair (b=4 t=4096)", () => {
     const p = problem(4, 4096, 4096), pairs = 4 * 8 * (4096 * 4097) / 2;
     expect(kernelFlops("attention_y", p)).toBe(pairs * 2 * 128);
-    expect(kernelFlops("attention_bwd_prep_y", p)).toBe(pairs * 2 * 128);
+    expect(kernelFlops("attention_bwd_prep_y", p)).toBeNull(); // dy . y per row: no pair is scored
     expect(kernelFlops("attention_bwd_dq_y", p)).toBe(pairs * 2 * (128 + 64));
     expect(kernelFlops("attention_bwd_dkv_y", p)).toBe(pairs * 2 * 256);
     expect(kernelFlops("gate_grads_y", p)).toBeNull();

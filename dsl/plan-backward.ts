@@ -19,10 +19,10 @@ import { stateFeatures } from "./spec.ts";
 const isShortPath = (p: Problem): boolean => chunksOf(p) === 1 && !p.initialState && !p.finalState;
 
 /**
- * Backward. Inputs: Q K V logG S0 Z0 (as the forward), the forward's lse, yS and wS (not Y: dy . y is
- * recomputed), the state each chunk read (Sin, Zin; on the forward's short path that is S0, Z0),
- * dY, and dSfinal, dZfinal when
- * `p.finalState` (zeros otherwise). Outputs: dQ dK dV (dtype), dlogG (f32; the gradient for a gate
+ * Backward. Inputs: Q K V logG S0 Z0 (as the forward), the forward's lse, yS and wS (on the
+ * quadratic path yS is y in f32, whose dot with dy is Dy), the state each chunk read (Sin, Zin; on
+ * the forward's short path that is S0, Z0), dY, and dSfinal, dZfinal when `p.finalState` (zeros
+ * otherwise). Outputs: dQ dK dV (dtype), dlogG (f32; the gradient for a gate
  * of 1 when ungated), and dS0, dZ0 when `p.initialState`.
  */
 export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
@@ -40,7 +40,6 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
     buf("wS", [b, t, hq], "input"),
     { name: "dY", dtype: p.dtype, shape: [b, t, hq, e], init: "input" },
     buf("Dy", [b, t, hq]),
-    buf("lseB", [b, t, hq]),
     buf("rowW", [b, t, hq]),
     buf("dlamA", [b, t, h]),
     { name: "dQ", dtype: p.dtype, shape: [b, t, hq, d], init: "nan" },
@@ -51,13 +50,14 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
   const attn = { Q: "Q", K: "K", V: "V", logG: "logG", dY: "dY" };
   const outputs = ["dQ", "dK", "dV", "dlogG"];
   if (isShortPath(p)) {
-    // the quadratic form: one window over the whole sequence; Dy and lseB come out of the prep
-    // (rho = PA: no state), dQ, dK, dV out of the attention, dlogG is the suffix sum of dlamA
+    // the quadratic form: one window over the whole sequence; Dy = dy . y from the forward's y in
+    // f32 (yS there; no state: sum_j P_ij dP_ij = dy_i . y_i), dQ, dK, dV out of the attention under the forward's lse,
+    // dlogG is the suffix sum of dlamA
     const win = { b, t, hq, h, window: t, scale: p.scale };
     const steps: PlanStep[] = [
-      stepOf(attentionBwdPrepY, spec, sched, win, { ...attn, lse: "lse", Dy: "Dy", lseB: "lseB" }),
-      stepOf(attentionBwdDqY, spec, sched, win, { ...attn, lse: "lseB", Dy: "Dy", dQ: "dQ", rowW: "rowW" }),
-      stepOf(attentionBwdDkvY, spec, sched, win, { ...attn, lse: "lseB", Dy: "Dy", rowW: "rowW", dK: "dK", dV: "dV", dlamA: "dlamA" }),
+      stepOf(attentionBwdPrepY, spec, sched, { b, t, hq }, { yF: "yS", dY: "dY", Dy: "Dy" }),
+      stepOf(attentionBwdDqY, spec, sched, win, { ...attn, lse: "lse", Dy: "Dy", dQ: "dQ", rowW: "rowW" }),
+      stepOf(attentionBwdDkvY, spec, sched, win, { ...attn, lse: "lse", Dy: "Dy", rowW: "rowW", dK: "dK", dV: "dV", dlamA: "dlamA" }),
       stepOf(gateGradsY, spec, sched, { b, t, h }, { dlamA: "dlamA", dlogG: "dlogG" }),
     ];
     return { buffers, steps, outputs };
@@ -68,6 +68,7 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
   const dcb = stepOf(discountedCumsumBwd, spec, sched, { b, t, h, n }, {});
   const nfbC = featureBlocks(spec, dcb.schedule.blockD).count; // dGc's partial sums per chunk
   buffers.push(
+    buf("lseB", [b, t, hq]),
     buf("DyA", [b, t, hq]),
     buf("PA", [b, t, hq]),
     buf("dQa", [b, t, hq, d]),

@@ -98,7 +98,7 @@ const isQuadratic = (p: Problem): boolean => isShortPath(p) && !p.initialState;
 
 /**
  * Forward: Y [b,t,hq,e] and what the backward needs (lse, the state's part of y and of the
- * weights, and the state each chunk read). Outputs: Y, lse, yS, wS; Sin, Zin unless on the short path (see `stateInBuffers`); Sfinal, Zfinal when
+ * weights, and the state each chunk read; on the quadratic path yS is all of y in f32). Outputs: Y, lse, yS, wS; Sin, Zin unless on the short path (see `stateInBuffers`); Sfinal, Zfinal when
  * `p.finalState`.
  */
 export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
@@ -121,10 +121,11 @@ export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
   ];
   const dims = { b, t, hq, h, n };
   if (isQuadratic(p)) {
-    // y = numA / denA straight from the attention; the state's parts of y and of the weights are 0
+    // y = numA / denA straight from the attention; no state, so the backward forms dy . y from y
+    // itself: yS holds all of y in f32 (the attention's output before rounding), wS is 0
     const zeros = (name: string, shape: number[]): PlanBuffer => ({ name, dtype: "f32", shape, init: "zeros" });
-    const quad: PlanBuffer[] = [...inputBuffers(p), { name: "Y", dtype: p.dtype, shape: [b, t, hq, e], init: "nan" }, f32("lse", [b, t, hq]), zeros("yS", [b, t, hq, e]), zeros("wS", [b, t, hq])];
-    const step = stepOf(attentionY, spec, sched, { b, t, hq, h, window: t, scale: p.scale }, { Q: "Q", K: "K", V: "V", logG: "logG", Y: "Y", lse: "lse" });
+    const quad: PlanBuffer[] = [...inputBuffers(p), { name: "Y", dtype: p.dtype, shape: [b, t, hq, e], init: "nan" }, f32("lse", [b, t, hq]), f32("yS", [b, t, hq, e]), zeros("wS", [b, t, hq])];
+    const step = stepOf(attentionY, spec, sched, { b, t, hq, h, window: t, scale: p.scale }, { Q: "Q", K: "K", V: "V", logG: "logG", Y: "Y", yF: "yS", lse: "lse" });
     return { buffers: quad, steps: [step], outputs: ["Y", "lse", "yS", "wS"] };
   }
   const steps: PlanStep[] = [

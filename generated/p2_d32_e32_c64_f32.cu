@@ -953,7 +953,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
 // attention_y: Y, lse: causal p-th power attention over the whole sequence (the quadratic form), normalised
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
-    const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
+    const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_yF, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
   // sm_80: 78608 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
@@ -1023,6 +1023,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
   (void)g_Y_d1;
   (void)g_Y_d2;
   (void)g_Y_d3;
+  // yF: f32[$b, $t, $hq, 32]
+  const long long g_yF_d0 = static_cast<long long>(p_b);
+  const long long g_yF_d1 = static_cast<long long>(p_t);
+  const long long g_yF_d2 = static_cast<long long>(p_hq);
+  const long long g_yF_d3 = static_cast<long long>(32);
+  const long long g_yF_s3 = 1LL;
+  const long long g_yF_s2 = g_yF_s3 * g_yF_d3;
+  const long long g_yF_s1 = g_yF_s2 * g_yF_d2;
+  const long long g_yF_s0 = g_yF_s1 * g_yF_d1;
+  (void)g_yF_d0;
+  (void)g_yF_d1;
+  (void)g_yF_d2;
+  (void)g_yF_d3;
   // lse: f32[$b, $t, $hq]
   const long long g_lse_d0 = static_cast<long long>(p_b);
   const long long g_lse_d1 = static_cast<long long>(p_t);
@@ -1876,6 +1889,31 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
           for (int e = 0; e < 4; ++e) {
             const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
             if (s1 + r >= 0 && s1 + r < g_Y_d1 && s3 + c >= 0 && s3 + c < g_Y_d3) g_Y[base + static_cast<long long>(r) * g_Y_s1 + static_cast<long long>(c) * g_Y_s3] = prt::from_f32<float>(f_acc[j][q][e]);
+          }
+        }
+      }
+    }
+  }
+  // store yF[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  {
+    const int a0 = static_cast<int>(blockIdx.z);
+    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int a2 = static_cast<int>(blockIdx.y);
+    const int s3 = 0;
+    const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
+    const long long base = static_cast<long long>(a0) * g_yF_s0 + static_cast<long long>(s1) * g_yF_s1 + static_cast<long long>(a2) * g_yF_s2 + static_cast<long long>(s3) * g_yF_s3;
+    if (ok) {
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+        (void)n0;
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s1 + r >= 0 && s1 + r < g_yF_d1 && s3 + c >= 0 && s3 + c < g_yF_d3) g_yF[base + static_cast<long long>(r) * g_yF_s1 + static_cast<long long>(c) * g_yF_s3] = prt::from_f32<float>(f_acc[j][q][e]);
           }
         }
       }
@@ -10515,66 +10553,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
   }
 }
 
-// attention_bwd_prep_y: Dy = rowsum(P * dP) / rho, lseB = lse + log rho, rho = rowsum(P): the quadratic path's normaliser, in f32
+// attention_bwd_prep_y: Dy = dy . y per row (f32): the quadratic path's row term of the backward, from the forward's y in f32
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
-extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2(
-    const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 58384 bytes of dynamic shared memory
+extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s1(
+    const float* g_yF, const float* g_dY, float* g_Dy, int p_b, int p_t, int p_hq) {
+  // sm_80: 16384 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   (void)lane;
   (void)warp;
-  // Q: f32[$b, $t, $hq, 32]
-  const long long g_Q_d0 = static_cast<long long>(p_b);
-  const long long g_Q_d1 = static_cast<long long>(p_t);
-  const long long g_Q_d2 = static_cast<long long>(p_hq);
-  const long long g_Q_d3 = static_cast<long long>(32);
-  const long long g_Q_s3 = 1LL;
-  const long long g_Q_s2 = g_Q_s3 * g_Q_d3;
-  const long long g_Q_s1 = g_Q_s2 * g_Q_d2;
-  const long long g_Q_s0 = g_Q_s1 * g_Q_d1;
-  (void)g_Q_d0;
-  (void)g_Q_d1;
-  (void)g_Q_d2;
-  (void)g_Q_d3;
-  // K: f32[$b, $t, $h, 32]
-  const long long g_K_d0 = static_cast<long long>(p_b);
-  const long long g_K_d1 = static_cast<long long>(p_t);
-  const long long g_K_d2 = static_cast<long long>(p_h);
-  const long long g_K_d3 = static_cast<long long>(32);
-  const long long g_K_s3 = 1LL;
-  const long long g_K_s2 = g_K_s3 * g_K_d3;
-  const long long g_K_s1 = g_K_s2 * g_K_d2;
-  const long long g_K_s0 = g_K_s1 * g_K_d1;
-  (void)g_K_d0;
-  (void)g_K_d1;
-  (void)g_K_d2;
-  (void)g_K_d3;
-  // V: f32[$b, $t, $h, 32]
-  const long long g_V_d0 = static_cast<long long>(p_b);
-  const long long g_V_d1 = static_cast<long long>(p_t);
-  const long long g_V_d2 = static_cast<long long>(p_h);
-  const long long g_V_d3 = static_cast<long long>(32);
-  const long long g_V_s3 = 1LL;
-  const long long g_V_s2 = g_V_s3 * g_V_d3;
-  const long long g_V_s1 = g_V_s2 * g_V_d2;
-  const long long g_V_s0 = g_V_s1 * g_V_d1;
-  (void)g_V_d0;
-  (void)g_V_d1;
-  (void)g_V_d2;
-  (void)g_V_d3;
-  // logG: f32[$b, $t, $h]
-  const long long g_logG_d0 = static_cast<long long>(p_b);
-  const long long g_logG_d1 = static_cast<long long>(p_t);
-  const long long g_logG_d2 = static_cast<long long>(p_h);
-  const long long g_logG_s2 = 1LL;
-  const long long g_logG_s1 = g_logG_s2 * g_logG_d2;
-  const long long g_logG_s0 = g_logG_s1 * g_logG_d1;
-  (void)g_logG_d0;
-  (void)g_logG_d1;
-  (void)g_logG_d2;
+  // yF: f32[$b, $t, $hq, 32]
+  const long long g_yF_d0 = static_cast<long long>(p_b);
+  const long long g_yF_d1 = static_cast<long long>(p_t);
+  const long long g_yF_d2 = static_cast<long long>(p_hq);
+  const long long g_yF_d3 = static_cast<long long>(32);
+  const long long g_yF_s3 = 1LL;
+  const long long g_yF_s2 = g_yF_s3 * g_yF_d3;
+  const long long g_yF_s1 = g_yF_s2 * g_yF_d2;
+  const long long g_yF_s0 = g_yF_s1 * g_yF_d1;
+  (void)g_yF_d0;
+  (void)g_yF_d1;
+  (void)g_yF_d2;
+  (void)g_yF_d3;
   // dY: f32[$b, $t, $hq, 32]
   const long long g_dY_d0 = static_cast<long long>(p_b);
   const long long g_dY_d1 = static_cast<long long>(p_t);
@@ -10588,16 +10590,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   (void)g_dY_d1;
   (void)g_dY_d2;
   (void)g_dY_d3;
-  // lse: f32[$b, $t, $hq]
-  const long long g_lse_d0 = static_cast<long long>(p_b);
-  const long long g_lse_d1 = static_cast<long long>(p_t);
-  const long long g_lse_d2 = static_cast<long long>(p_hq);
-  const long long g_lse_s2 = 1LL;
-  const long long g_lse_s1 = g_lse_s2 * g_lse_d2;
-  const long long g_lse_s0 = g_lse_s1 * g_lse_d1;
-  (void)g_lse_d0;
-  (void)g_lse_d1;
-  (void)g_lse_d2;
   // Dy: f32[$b, $t, $hq]
   const long long g_Dy_d0 = static_cast<long long>(p_b);
   const long long g_Dy_d1 = static_cast<long long>(p_t);
@@ -10608,65 +10600,35 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
   (void)g_Dy_d0;
   (void)g_Dy_d1;
   (void)g_Dy_d2;
-  // lseB: f32[$b, $t, $hq]
-  const long long g_lseB_d0 = static_cast<long long>(p_b);
-  const long long g_lseB_d1 = static_cast<long long>(p_t);
-  const long long g_lseB_d2 = static_cast<long long>(p_hq);
-  const long long g_lseB_s2 = 1LL;
-  const long long g_lseB_s1 = g_lseB_s2 * g_lseB_d2;
-  const long long g_lseB_s0 = g_lseB_s1 * g_lseB_d1;
-  (void)g_lseB_d0;
-  (void)g_lseB_d1;
-  (void)g_lseB_d2;
-  float* const t_q = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 36
-  float* const t_dy = reinterpret_cast<float*>(prt_base + 9216);  // f32[64, 32] pitch 36
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_k_base = reinterpret_cast<float*>(prt_base + 19984);  // f32[64, 32] pitch 36, 2 copies
-  float* t_k = t_k_base;
-  float* const t_v_base = reinterpret_cast<float*>(prt_base + 38416);  // f32[64, 32] pitch 36, 2 copies
-  float* t_v = t_v_base;
-  float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float f_p[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float f_p_dp[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_acc_dy = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_acc_p = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57360);  // f32[64] pitch 64, 2 copies
-  float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 58128);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 19728);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 19712);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 56848);  // f32[2, 64] pitch 64
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  float* const t_y = reinterpret_cast<float*>(prt_base + 0);  // f32[64, 32] pitch 32
+  float* const t_dy = reinterpret_cast<float*>(prt_base + 8192);  // f32[64, 32] pitch 32
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
+  // y = load.async yF[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
-    const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
-    const long long base = static_cast<long long>(a0) * g_Q_s0 + static_cast<long long>(s1) * g_Q_s1 + static_cast<long long>(a2) * g_Q_s2 + static_cast<long long>(s3) * g_Q_s3;
-    float* const dst = t_q;
-    if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
+    const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
+    const long long base = static_cast<long long>(a0) * g_yF_s0 + static_cast<long long>(s1) * g_yF_s1 + static_cast<long long>(a2) * g_yF_s2 + static_cast<long long>(s3) * g_yF_s3;
+    float* const dst = t_y;
+    if (prt::aligned16(g_yF) && base % 4 == 0 && g_yF_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+      const long long cols = ok ? g_yF_d3 - (s3 + c) : 0;
       const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
-      const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
-      const long long rstep = static_cast<long long>(16) * g_Q_s1;
+      const auto* src0 = g_yF + base + static_cast<long long>(r0) * g_yF_s1 + c;
+      const long long rstep = static_cast<long long>(16) * g_yF_s1;
       #pragma unroll
       for (int u = 0; u < 4; ++u) {
         const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        const int n = gr >= 0 && gr < g_yF_d1 ? nc : 0;
+        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yF), n * 4);
       }
     }
     else {
       for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
-        dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_Q_d1 && s3 + c >= 0 && s3 + c < g_Q_d3 ? g_Q[base + static_cast<long long>(r) * g_Q_s1 + static_cast<long long>(c) * g_Q_s3] : prt::from_f32<float>(0.0f);
+        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_yF_d1 && s3 + c >= 0 && s3 + c < g_yF_d3 ? g_yF[base + static_cast<long long>(r) * g_yF_s1 + static_cast<long long>(c) * g_yF_s3] : prt::from_f32<float>(0.0f);
       }
     }
   }
@@ -10689,673 +10651,37 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
       for (int u = 0; u < 4; ++u) {
         const int r = r0 + u * 16, gr = s1 + r;
         const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
       }
     }
     else {
       for (int i = tid; i < 2048; i += 128) {
         const int r = i / 32, c = i % 32;
-        dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
-      }
-    }
-  }
-  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
-  {
-    const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
-    const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
-    float* const dst = t_lse_i;
-    for (int r = tid; r < 64; r += 128) {
-      const bool in = ok && s1 + r >= 0 && s1 + r < g_lse_d1;
-      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  // acc_dy[row] = 0.0
-  // acc_p[row] = 0.0
-  {
-    for (int r = tid; r < 64; r += 128) {
-      const float y0 = prt::from_f32<float>(0.0f);
-      const float y1 = prt::from_f32<float>(0.0f);
-      t_acc_dy[r] = y0;
-      t_acc_p[r] = y1;
-    }
-  }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
-  {
-    const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-    const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-    const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-    float* const dst = t_gq;
-    for (int r = tid; r < 64; r += 128) {
-      const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
-      prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
-    }
-  }
-  prt::cp_async_commit();
-  prt::cp_async_wait<0>();
-  __syncthreads();
-  // cq = cumsum(gq, axis=0)
-  {
-    for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
-      }
-    }
-  }
-  __syncthreads();
-  // g_i[row] = select((lse_i[row] != -Infinity), exp(((cq[row] - lse_i[row]) / 2.0)), 0.0)
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_g_i[r] = prt::from_f32<float>(((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? prt::exp(((prt::to_f32(t_cq[r]) - prt::to_f32(t_lse_i[r])) / 2.0f)) : 0.0f));
-    }
-  }
-  // gap[row] = 0.0
-  {
-    for (int r = tid; r < 1; r += 128) {
-      t_gap[r] = prt::from_f32<float>(0.0f);
-    }
-  }
-  // ck[row] = -(cq[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
-    }
-  }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
-  {
-    const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-    const int s3 = 0;
-    const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-    const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-    float* const dst = t_k;
-    if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-      const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
-      const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
-      const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-      }
-    }
-  }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
-  {
-    const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-    const int s3 = 0;
-    const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-    const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-    float* const dst = t_v;
-    if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-      const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
-      const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
-      const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
-      }
-    }
-    else {
-      for (int i = tid; i < 2048; i += 128) {
-        const int r = i / 32, c = i % 32;
-        dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
+        dst[(r) * 32 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dY_d1 && s3 + c >= 0 && s3 + c < g_dY_d3 ? g_dY[base + static_cast<long long>(r) * g_dY_s1 + static_cast<long long>(c) * g_dY_s3] : prt::from_f32<float>(0.0f);
       }
     }
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
   __syncthreads();
-  // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
+  // y[row, col] = (y[row, col] * dy[row, col])
   {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      float (&acc)[4][4] = f_dot[j];
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-      const int g = lane >> 2, t2 = (lane & 3) * 2;
-      for (int kk = 0; kk < 32; ++kk) {
-        const float a0 = prt::to_f32(t_q[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_q[(m0 + g + 8) * 36 + (kk)]);
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float b0 = prt::to_f32(t_k[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_k[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
-          acc[q][0] = fmaf(a0, b0, acc[q][0]);
-          acc[q][1] = fmaf(a0, b1, acc[q][1]);
-          acc[q][2] = fmaf(a1, b0, acc[q][2]);
-          acc[q][3] = fmaf(a1, b1, acc[q][3]);
-        }
-      }
-    }
-  }
-  // p_dp = mma.fmaFrag(dy, v^T) [64x64 in 16x32 units over 4 warps]
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      float (&acc)[4][4] = f_p_dp[j];
-      #pragma unroll
-      for (int q = 0; q < 4; ++q)
-      #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-      const int g = lane >> 2, t2 = (lane & 3) * 2;
-      for (int kk = 0; kk < 32; ++kk) {
-        const float a0 = prt::to_f32(t_dy[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 36 + (kk)]);
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float b0 = prt::to_f32(t_v[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_v[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
-          acc[q][0] = fmaf(a0, b0, acc[q][0]);
-          acc[q][1] = fmaf(a0, b1, acc[q][1]);
-          acc[q][2] = fmaf(a1, b0, acc[q][2]);
-          acc[q][3] = fmaf(a1, b1, acc[q][3]);
-        }
-      }
-    }
-  }
-  // p[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[row]) + ck[col]) - lse_i[row])), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
-        }
-      }
-    }
-  }
-  // p_dp[row, col] = select(((col <= row) && (lse_i[row] != -Infinity)), (p[row, col] * p_dp[row, col]), 0.0)
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p_dp[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? (f_p[j][q][e] * f_p_dp[j][q][e]) : 0.0f);
-        }
-      }
+    for (int i = tid; i < 2048; i += 128) {
+      const int r = i / 32, c = i % 32;
+      t_y[(r) * 32 + (c)] = prt::from_f32<float>((prt::to_f32(t_y[(r) * 32 + (c)]) * prt::to_f32(t_dy[(r) * 32 + (c)])));
     }
   }
   __syncthreads();
-  // part = reduce_sum(p_dp, axis=1) via part_part
+  // dot = reduce_sum(y, axis=1)
   {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float acc = f_p_dp[j][0][2 * h];
-        acc += f_p_dp[j][0][2 * h + 1];
-        #pragma unroll
-        for (int q = 1; q < 4; ++q) {
-          acc += f_p_dp[j][q][2 * h];
-          acc += f_p_dp[j][q][2 * h + 1];
-        }
-        acc = prt::quad_sum(acc);
-        const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-        (void)r;
-        if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
-      }
-    }
-    __syncthreads();
-    for (int i = tid; i < 64; i += 128) {
-      float acc = t_part_part[(0) * 64 + (i)];
-      for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
-      t_part[i] = prt::from_f32<float>(acc);
-    }
-  }
-  // acc_dy[row] = (acc_dy[row] + part[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_acc_dy[r] = prt::from_f32<float>((prt::to_f32(t_acc_dy[r]) + prt::to_f32(t_part[r])));
+    for (int o = tid; o < 64; o += 128) {
+      float acc = 0.0f;
+      for (int i = 0; i < 32; ++i) acc += prt::to_f32(t_y[(o) * 32 + (i)]);
+      t_dot[o] = prt::from_f32<float>(acc);
     }
   }
   __syncthreads();
-  // part = reduce_sum(p, axis=1) via part_part
-  {
-    #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int u = warp + j * 4;
-      #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float acc = f_p[j][0][2 * h];
-        acc += f_p[j][0][2 * h + 1];
-        #pragma unroll
-        for (int q = 1; q < 4; ++q) {
-          acc += f_p[j][q][2 * h];
-          acc += f_p[j][q][2 * h + 1];
-        }
-        acc = prt::quad_sum(acc);
-        const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-        (void)r;
-        if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
-      }
-    }
-    __syncthreads();
-    for (int i = tid; i < 64; i += 128) {
-      float acc = t_part_part[(0) * 64 + (i)];
-      for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
-      t_part[i] = prt::from_f32<float>(acc);
-    }
-  }
-  // acc_p[row] = (acc_p[row] + part[row])
-  {
-    for (int r = tid; r < 64; r += 128) {
-      t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
-    }
-  }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
-    {
-      const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
-      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-      const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-      const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-      float* const dst = t_gk_base + ((0) % 2) * 64;
-      for (int r = tid; r < 64; r += 128) {
-        const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
-        prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
-      }
-    }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
-    {
-      const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
-      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-      const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-      float* const dst = t_k_base + ((0) % 2) * 2304;
-      if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-        const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
-        const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
-        const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
-    {
-      const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
-      const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-      const int s3 = 0;
-      const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-      const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-      float* const dst = t_v_base + ((0) % 2) * 2304;
-      if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-        const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
-        const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
-        const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
-        }
-      }
-      else {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-        }
-      }
-    }
-  }
-  prt::cp_async_commit();
-  {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
-    for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
-          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
-          const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
-          float* const dst = t_gk_base + ((((v_i0 + 1) % 2)) % 2) * 64;
-          for (int r = tid; r < 64; r += 128) {
-            const bool in = ok && s1 + r >= 0 && s1 + r < g_logG_d1;
-            prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
-          }
-        }
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
-          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
-          const long long base = static_cast<long long>(a0) * g_K_s0 + static_cast<long long>(s1) * g_K_s1 + static_cast<long long>(a2) * g_K_s2 + static_cast<long long>(s3) * g_K_s3;
-          float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
-          if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
-            const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
-            const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
-            const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_K_d1 && s3 + c >= 0 && s3 + c < g_K_d3 ? g_K[base + static_cast<long long>(r) * g_K_s1 + static_cast<long long>(c) * g_K_s3] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
-        {
-          const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
-          const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
-          const int s3 = 0;
-          const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
-          const long long base = static_cast<long long>(a0) * g_V_s0 + static_cast<long long>(s1) * g_V_s1 + static_cast<long long>(a2) * g_V_s2 + static_cast<long long>(s3) * g_V_s3;
-          float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
-          if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
-            const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
-            const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
-            const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
-            }
-          }
-          else {
-            for (int i = tid; i < 2048; i += 128) {
-              const int r = i / 32, c = i % 32;
-              dst[(r) * 36 + (c)] = ok && s1 + r >= 0 && s1 + r < g_V_d1 && s3 + c >= 0 && s3 + c < g_V_d3 ? g_V[base + static_cast<long long>(r) * g_V_s1 + static_cast<long long>(c) * g_V_s3] : prt::from_f32<float>(0.0f);
-            }
-          }
-        }
-      }
-      prt::cp_async_commit();
-      prt::cp_async_wait<1>();
-      t_gk = t_gk_base + (((v_i0 % 2)) % 2) * 64;  // bind gk stage (i0 % 2)
-      t_k = t_k_base + (((v_i0 % 2)) % 2) * 2304;  // bind k stage (i0 % 2)
-      t_v = t_v_base + (((v_i0 % 2)) % 2) * 2304;  // bind v stage (i0 % 2)
-      __syncthreads();
-      // sk = cumsum(gk, axis=0, reverse)
-      {
-        for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
-          }
-        }
-      }
-      __syncthreads();
-      // ck[row] = ((sk[row] - gk[row]) + gap[0])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_ck[r] = prt::from_f32<float>(((prt::to_f32(t_sk[r]) - prt::to_f32(t_gk[r])) + prt::to_f32(t_gap[0])));
-        }
-      }
-      // dot = mma.fmaFrag(q, k^T) [64x64 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_dot[j];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 32; ++kk) {
-            const float a0 = prt::to_f32(t_q[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_q[(m0 + g + 8) * 36 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_k[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_k[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-        }
-      }
-      // p_dp = mma.fmaFrag(dy, v^T) [64x64 in 16x32 units over 4 warps]
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          float (&acc)[4][4] = f_p_dp[j];
-          #pragma unroll
-          for (int q = 0; q < 4; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[q][e] = 0.0f;
-          const int g = lane >> 2, t2 = (lane & 3) * 2;
-          for (int kk = 0; kk < 32; ++kk) {
-            const float a0 = prt::to_f32(t_dy[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_dy[(m0 + g + 8) * 36 + (kk)]);
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_v[(n0 + q * 8 + t2) * 36 + (kk)]), b1 = prt::to_f32(t_v[(n0 + q * 8 + t2 + 1) * 36 + (kk)]);
-              acc[q][0] = fmaf(a0, b0, acc[q][0]);
-              acc[q][1] = fmaf(a0, b1, acc[q][1]);
-              acc[q][2] = fmaf(a1, b0, acc[q][2]);
-              acc[q][3] = fmaf(a1, b1, acc[q][3]);
-            }
-          }
-        }
-      }
-      // fk[row] = exp((ck[row] / 2.0))
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_fk[r] = prt::from_f32<float>(prt::exp((prt::to_f32(t_ck[r]) / 2.0f)));
-        }
-      }
-      __syncthreads();
-      // dot[row, col] = (((dot[row, col] * $scale) * fk[col]) * g_i[row])
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
-            }
-          }
-        }
-      }
-      // p[row, col] = pow(dot[row, col], 2)
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p[j][q][e] = prt::powi<2>(f_dot[j][q][e]);
-            }
-          }
-        }
-      }
-      // p_dp[row, col] = select((lse_i[row] != -Infinity), (p[row, col] * p_dp[row, col]), 0.0)
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          const int m0 = (u / 2) * 16, n0 = (u % 2) * 32;
-          (void)n0;
-          #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_p_dp[j][q][e] = ((prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000)) ? (f_p[j][q][e] * f_p_dp[j][q][e]) : 0.0f);
-            }
-          }
-        }
-      }
-      // part = reduce_sum(p_dp, axis=1) via part_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p_dp[j][0][2 * h];
-            acc += f_p_dp[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p_dp[j][q][2 * h];
-              acc += f_p_dp[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_part_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
-          t_part[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // acc_dy[row] = (acc_dy[row] + part[row])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_acc_dy[r] = prt::from_f32<float>((prt::to_f32(t_acc_dy[r]) + prt::to_f32(t_part[r])));
-        }
-      }
-      __syncthreads();
-      // part = reduce_sum(p, axis=1) via part_part
-      {
-        #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int u = warp + j * 4;
-          #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float acc = f_p[j][0][2 * h];
-            acc += f_p[j][0][2 * h + 1];
-            #pragma unroll
-            for (int q = 1; q < 4; ++q) {
-              acc += f_p[j][q][2 * h];
-              acc += f_p[j][q][2 * h + 1];
-            }
-            acc = prt::quad_sum(acc);
-            const int r = (u / 2) * 16 + (lane >> 2) + 8 * h;
-            (void)r;
-            if ((lane & 3) == 0) t_part_part[(u % 2) * 64 + (r)] = acc;
-          }
-        }
-        __syncthreads();
-        for (int i = tid; i < 64; i += 128) {
-          float acc = t_part_part[(0) * 64 + (i)];
-          for (int p = 1; p < 2; ++p) acc += t_part_part[(p) * 64 + (i)];
-          t_part[i] = prt::from_f32<float>(acc);
-        }
-      }
-      // acc_p[row] = (acc_p[row] + part[row])
-      {
-        for (int r = tid; r < 64; r += 128) {
-          t_acc_p[r] = prt::from_f32<float>((prt::to_f32(t_acc_p[r]) + prt::to_f32(t_part[r])));
-        }
-      }
-      // gap[row] = (gap[row] + sk[0])
-      {
-        for (int r = tid; r < 1; r += 128) {
-          t_gap[r] = prt::from_f32<float>((prt::to_f32(t_gap[r]) + prt::to_f32(t_sk[0])));
-        }
-      }
-    }
-  }
-  prt::cp_async_wait<0>();
-  // acc_dy[row] = select((acc_p[row] != 0.0), (acc_dy[row] / acc_p[row]), 0.0)
-  // lse_i[row] = (lse_i[row] + log(acc_p[row]))
-  {
-    for (int r = tid; r < 64; r += 128) {
-      const float y0 = prt::from_f32<float>(((prt::to_f32(t_acc_p[r]) != 0.0f) ? (prt::to_f32(t_acc_dy[r]) / prt::to_f32(t_acc_p[r])) : 0.0f));
-      const float y1 = prt::from_f32<float>((prt::to_f32(t_lse_i[r]) + prt::log(prt::to_f32(t_acc_p[r]))));
-      t_acc_dy[r] = y0;
-      t_lse_i[r] = y1;
-    }
-  }
-  // store Dy[pid.z, (pid.x * 64):+64, pid.y] = acc_dy
+  // store Dy[pid.z, (pid.x * 64):+64, pid.y] = dot
   {
     const int a0 = static_cast<int>(blockIdx.z);
     const int s1 = (static_cast<int>(blockIdx.x) * 64);
@@ -11364,20 +10690,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
     if (ok) {
       for (int r = tid; r < 64; r += 128) {
-        if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_acc_dy[r];
-      }
-    }
-  }
-  // store lseB[pid.z, (pid.x * 64):+64, pid.y] = lse_i
-  {
-    const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
-    const int a2 = static_cast<int>(blockIdx.y);
-    const bool ok = a0 >= 0 && a0 < g_lseB_d0 && a2 >= 0 && a2 < g_lseB_d2;
-    const long long base = static_cast<long long>(a0) * g_lseB_s0 + static_cast<long long>(s1) * g_lseB_s1 + static_cast<long long>(a2) * g_lseB_s2;
-    if (ok) {
-      for (int r = tid; r < 64; r += 128) {
-        if (s1 + r >= 0 && s1 + r < g_lseB_d1) g_lseB[base + static_cast<long long>(r) * g_lseB_s1] = t_lse_i[r];
+        if (s1 + r >= 0 && s1 + r < g_Dy_d1) g_Dy[base + static_cast<long long>(r) * g_Dy_s1] = t_dot[r];
       }
     }
   }
@@ -14651,10 +13964,10 @@ extern "C" cudaError_t prt_attention_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(di
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
+extern "C" cudaError_t prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_Y, float* g_yF, float* g_lse, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
   cudaError_t err = cudaFuncSetAttribute(prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 78608);
   if (err != cudaSuccess) return err;
-  prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 78608, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 78608, stream>>>(g_Q, g_K, g_V, g_logG, g_Y, g_yF, g_lse, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -14735,10 +14048,10 @@ extern "C" cudaError_t prt_combine_grads_p2_d32_e32_c64_f32_w4_bd0_bt64_s1_launc
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, float* g_Dy, float* g_lseB, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 58384);
+extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_yF, const float* g_dY, float* g_Dy, int p_b, int p_t, int p_hq) {
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 16384);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s2<<<grid, 128, 58384, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_lseB, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_prep_y_p2_d32_e32_c64_f32_w4_bd0_bt64_s1<<<grid, 128, 16384, stream>>>(g_yF, g_dY, g_Dy, p_b, p_t, p_hq);
   return cudaGetLastError();
 }
 

@@ -9,11 +9,12 @@
 //   dlam_i = sum_j W_ij - sum_m W_mi   (row sums minus column sums, over the group's query heads).
 // Three kernels, each with two epilogues (the chunked path's parts; `_y`, the quadratic path's
 // final outputs, as attention / attention_y):
-//   attention_bwd_prep[_y]  per (query block, query head, batch): DyA_i = sum_j P_ij dP_ij and
-//                           PA_i = sum_j P_ij under the forward's lse (parts; query_state_bwd_dq
-//                           completes them with the state's part), or, with no state, rho_i = PA_i,
-//                           Dy_i = DyA_i / rho_i and lseB_i = lse_i + log rho_i (_y).
-//   attention_bwd_dq[_y]    per (query block, query head, batch), under lseB and Dy: dq and the row
+//   attention_bwd_prep      per (query block, query head, batch): DyA_i = sum_j P_ij dP_ij and
+//                           PA_i = sum_j P_ij under the forward's lse (query_state_bwd_dq
+//                           completes them with the state's part into Dy and lseB);
+//   attention_bwd_prep_y    with no state, Dy_i = dy_i . y_i from the forward's y in f32, and the
+//                           later kernels read the forward's lse (prepYBuild).
+//   attention_bwd_dq[_y]    per (query block, query head, batch), under lseB (_y: lse) and Dy: dq and the row
 //                           sums of W; key blocks: the diagonal one, then the window's earlier ones
 //                           from the nearest (the forward's walk).
 //   attention_bwd_dkv[_y]   per (key block, kv head, batch), looping over the group's query heads:
@@ -56,7 +57,7 @@
 // entries as 0 (the live pairs of such a row or column carry NaN in ds already, from their dot).
 //
 // Tensors: Q [b,t,hq,d], K [b,t,h,d], V [b,t,h,e], dY [b,t,hq,e] (dtype); logG, lse, lseB, Dy, DyA,
-// PA, rowW [b,t,hq] and dlamA [b,t,h] f32; dQa [b,t,hq,d], dKa [b,t,h,d], dVa [b,t,h,e] f32 (parts)
+// PA, rowW [b,t,hq] and dlamA [b,t,h] f32; yF [b,t,hq,e] f32 (prep_y); dQa [b,t,hq,d], dKa [b,t,h,d], dVa [b,t,h,e] f32 (parts)
 // or dQ, dK, dV in the dtype (_y).
 
 import { f32, range, select, traceKernel, type KernelBuilder, type TensorRef, type Tile, type Val } from "../builder.ts";
@@ -165,19 +166,17 @@ function walkKeys(
   k.for(0, earlier, (i) => block(q0.sub(i.add(1).mul(B)), false), { stages });
 }
 
-function prepBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
-  const name = epilogue === "parts" ? "attention_bwd_prep" : "attention_bwd_prep_y";
-  const doc = epilogue === "parts"
-    ? "DyA = rowsum(P * dP), PA = rowsum(P) over each window's keys (the attention parts of dy . y and of 1), in f32"
-    : "Dy = rowsum(P * dP) / rho, lseB = lse + log rho, rho = rowsum(P): the quadratic path's normaliser, in f32";
+/** The chunked path's prep: the attention parts DyA and PA of each window, scored under the
+ * forward's lse (query_state_bwd_dq adds the state's parts to them). */
+function prepBuild(spec: Spec, sch: Schedule): Kernel {
+  const name = "attention_bwd_prep";
+  const doc = "DyA = rowsum(P * dP), PA = rowsum(P) over each window's keys (the attention parts of dy . y and of 1), in f32";
   return traceKernel(name, sch.numWarps, doc, (k) => {
     const { deg: p, d, e, dtype } = spec;
     const B = sch.blockT;
     const io = declare(k, spec);
     const lse = rowsOf(k, io, "lse", io.hq, "in");
-    const out = epilogue === "parts"
-      ? { kind: "parts" as const, DyA: rowsOf(k, io, "DyA", io.hq, "out"), PA: rowsOf(k, io, "PA", io.hq, "out") }
-      : { kind: "y" as const, Dy: rowsOf(k, io, "Dy", io.hq, "out"), lseB: rowsOf(k, io, "lseB", io.hq, "out") };
+    const out = { DyA: rowsOf(k, io, "DyA", io.hq, "out"), PA: rowsOf(k, io, "PA", io.hq, "out") };
 
     k.launch(io.t.add(B - 1).idiv(B), io.hq, io.b); // (query block, query head, batch)
     const q0 = k.programId(0).mul(B), qh = k.programId(1), bi = k.programId(2);
@@ -222,16 +221,41 @@ function prepBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       k.reduce(part, pw, "sum", 1); // [B]
       k.map(accP, ({ row }) => accP.at(row).add(part.at(row)));
     });
-    if (out.kind === "parts") {
-      k.store(out.DyA, [bi, rows, qh], accDy);
-      k.store(out.PA, [bi, rows, qh], accP);
-      return;
-    }
-    // no state: rho = PA, as query_state_bwd_dq forms it with yS = wS = 0
-    k.map(accDy, ({ row }) => select(accP.at(row).ne(0), accDy.at(row).div(accP.at(row)), f32(0)));
-    k.map(lseI, ({ row }) => lseI.at(row).add(accP.at(row).log())); // -inf where rho = 0
-    k.store(out.Dy, [bi, rows, qh], accDy);
-    k.store(out.lseB, [bi, rows, qh], lseI);
+    k.store(out.DyA, [bi, rows, qh], accDy);
+    k.store(out.PA, [bi, rows, qh], accP);
+  });
+}
+
+/** The quadratic path's prep: Dy_i = dy_i . y_i from the forward's y, no scoring. With no state,
+ * y_i = sum_j P_ij v_j (normalised), so sum_j P_ij dP_ij = sum_j P_ij dy_i . v_j = dy_i . y_i, and dq
+ * and dkv score under the forward's lse as it is (the forward normalised by the sum of its weights
+ * rounded to the dtype, so the recomputed f32 weights of a row sum to 1 within that rounding). y is
+ * the forward's f32 output (attention_y's yF), not Y: at p = 4 one key can carry almost all of a
+ * row's weight, dP_ij - Dy_i then cancels, and the dtype's rounding of y broke the gradients'
+ * tolerance (kernels/README.md, "Precision"). The prep this replaces scored every pair a third time
+ * (as much work as the forward) to form sum_j P_ij dP_ij and the weights' total exactly; worst bf16
+ * gradient error of test/backward.test.ts 4.7e-3 against 2.9e-3 then (tolerance 2e-2). Rows past t
+ * read 0 and store nothing. */
+function prepYBuild(spec: Spec, sch: Schedule): Kernel {
+  const doc = "Dy = dy . y per row (f32): the quadratic path's row term of the backward, from the forward's y in f32";
+  return traceKernel("attention_bwd_prep_y", sch.numWarps, doc, (k) => {
+    const { e, dtype } = spec;
+    const B = sch.blockT;
+    const b = k.param("b", "i32"), t = k.param("t", "i32"), hq = k.param("hq", "i32");
+    const yF = k.tensor("yF", "f32", [b, t, hq, e], "in");
+    const dY = k.tensor("dY", dtype, [b, t, hq, e], "in");
+    const Dy = k.tensor("Dy", "f32", [b, t, hq], "out");
+
+    k.launch(t.add(B - 1).idiv(B), hq, b); // (row block, query head, batch)
+    const rows = range(k.programId(0).mul(B), B), qh = k.programId(1), bi = k.programId(2);
+    const yt = k.shared("y", [B, e], "f32"); // y, then y * dy
+    const dyt = k.shared("dy", [B, e], "f32");
+    const dot = k.reg("dot", [B], "f32");
+    k.load(yt, yF, [bi, rows, qh, range(0, e)]); // [B, e]
+    k.load(dyt, dY, [bi, rows, qh, range(0, e)]); // [B, e]
+    k.map(yt, ({ row, col }) => yt.at(row, col).mul(dyt.at(row, col)));
+    k.reduce(dot, yt, "sum", 1); // [B]
+    k.store(Dy, [bi, rows, qh], dot);
   });
 }
 
@@ -244,7 +268,7 @@ function dqBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const { deg: p, d, e, dtype } = spec;
     const B = sch.blockT;
     const io = declare(k, spec);
-    const lse = rowsOf(k, io, "lse", io.hq, "in"); // lseB
+    const lse = rowsOf(k, io, "lse", io.hq, "in"); // lseB (the chunked path), lse (_y)
     const Dy = rowsOf(k, io, "Dy", io.hq, "in");
     const dQ = epilogue === "parts" ? k.tensor("dQa", "f32", [io.b, io.t, io.hq, d], "out") : k.tensor("dQ", dtype, [io.b, io.t, io.hq, d], "out");
     const rowW = rowsOf(k, io, "rowW", io.hq, "out");
@@ -316,7 +340,7 @@ function dkvBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const { deg: p, d, e, dtype } = spec;
     const B = sch.blockT;
     const io = declare(k, spec);
-    const lse = rowsOf(k, io, "lse", io.hq, "in"); // lseB
+    const lse = rowsOf(k, io, "lse", io.hq, "in"); // lseB (the chunked path), lse (_y)
     const Dy = rowsOf(k, io, "Dy", io.hq, "in");
     const rowW = rowsOf(k, io, "rowW", io.hq, "in"); // attention_bwd_dq's row sums
     const [dK, dV] = epilogue === "parts"
@@ -458,8 +482,16 @@ const quadraticDef = (name: string, build: Build): KernelDef => ({
   build: (s, sch) => build(s, sch, "y"),
 });
 
-export const attentionBwdPrep: KernelDef = partsDef("attention_bwd_prep", prepBuild);
-export const attentionBwdPrepY: KernelDef = quadraticDef("attention_bwd_prep_y", prepBuild);
+export const attentionBwdPrep: KernelDef = partsDef("attention_bwd_prep", (s, sch) => prepBuild(s, sch));
+/** Rows per block and warps; the tiles are shared, so any block fits. */
+const prepYSpace = (): Schedule[] => [32, 64, 128].flatMap((blockT) => [4, 8].map((numWarps) => ({ numWarps, blockD: 0, blockT, stages: 1 })));
+export const attentionBwdPrepY: KernelDef = {
+  name: "attention_bwd_prep_y",
+  chunkFree: true,
+  schedule: () => ({ numWarps: 4, blockD: 0, blockT: 64, stages: 1 }),
+  scheduleSpace: prepYSpace,
+  build: (s, sch) => prepYBuild(s, sch),
+};
 export const attentionBwdDq: KernelDef = partsDef("attention_bwd_dq", dqBuild);
 export const attentionBwdDqY: KernelDef = quadraticDef("attention_bwd_dq_y", dqBuild);
 export const attentionBwdDkv: KernelDef = partsDef("attention_bwd_dkv", dkvBuild);

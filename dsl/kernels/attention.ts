@@ -26,8 +26,8 @@
 // ck_j = -cq_j >= 0, whose exponential could overflow).
 //
 // Two epilogues: `attention` returns numA, denA, maxA for query_state's combine (the chunked
-// path); `attention_y` returns y = numA / denA and lse = maxA + log denA (the quadratic path, no
-// state at all).
+// path); `attention_y` returns y = numA / denA (Y in the dtype, yF in f32 for the backward) and
+// lse = maxA + log denA (the quadratic path, no state at all).
 
 import { max, range, select, traceKernel, type KernelBuilder, type TensorRef, type Val } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
@@ -71,7 +71,7 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       k.tensor(name, dt, vec ? [io.b, io.t, io.hq, e] : [io.b, io.t, io.hq], "out");
     const out = epilogue === "parts"
       ? { kind: "parts" as const, numA: tq("numA", "f32", true), denA: tq("denA", "f32", false), maxA: tq("maxA", "f32", false) }
-      : { kind: "y" as const, Y: tq("Y", dtype, true), lse: tq("lse", "f32", false) };
+      : { kind: "y" as const, Y: tq("Y", dtype, true), yF: tq("yF", "f32", true), lse: tq("lse", "f32", false) };
 
     k.launch(io.t.add(B - 1).idiv(B), io.hq, io.b); // (query block, query head, batch)
     const q0 = k.programId(0).mul(B), qh = k.programId(1), bi = k.programId(2);
@@ -149,7 +149,11 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
         k.map(rowFactor, ({ row }) => cq.at(row).sub(shift.at(row)).div(p).exp()); // g_i = exp((cq_i - shift_i) / p)
         k.map(pt, ({ row, col }) => w.at(row, col).mul(rowFactor.at(row)).pow(p)); // (r_ij g_i)^p in [0, 1]
       }
-      k.reduce(blockSum, pt, "sum", 1); // sum of the rounded weights, as the mma sees them
+      // The sum of the rounded weights, as the mma sees them: y is a convex combination of the v_j.
+      // (Summing the f32 weights saves an instruction a score, but the backward, which takes
+      // dy . y as sum_j P_ij dP_ij, then lost a factor 2 of its margin at p = 4: 8.5e-3 against
+      // 3.5e-3 of the 2e-2 tolerance, test/backward.test.ts, 2026-12-07.)
+      k.reduce(blockSum, pt, "sum", 1);
       k.map(rowSum, ({ row }) => rowSum.at(row).mul(alpha.at(row)).add(blockSum.at(row)));
       k.map(acc, ({ row, col }) => acc.at(row, col).mul(alpha.at(row)));
       if (!diagonal) {
@@ -188,6 +192,7 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     });
     k.map(lse, ({ row }) => select(rowSum.at(row).ne(0), rowSum.at(row).log().add(rowMax.at(row)), -Infinity));
     k.store(out.Y, [bi, rows, qh, range(0, e)], acc); // rounded to the dtype by the store
+    k.store(out.yF, [bi, rows, qh, range(0, e)], acc); // y in f32, for the backward's dy . y (attention_bwd_prep_y)
     k.store(out.lse, [bi, rows, qh], lse);
   });
 }
