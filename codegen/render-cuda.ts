@@ -5,7 +5,7 @@
 
 import { dtypeBytes } from "../dsl/dtype.ts";
 import { printExpr } from "../dsl/print.ts";
-import { bufferOf, cType, isPackedFrag, isRowVector, mapFragReads, smemTileBytes, threadsOf, tilingSlots, tilingUnits, reducePartials, walkStmts, type LKernel, type LStmt } from "./lir.ts";
+import { bufferOf, cType, isPackedFrag, isRowVector, mapFragReads, readNodes, smemTileBytes, threadsOf, tilingSlots, tilingUnits, reducePartials, walkStmts, type LKernel, type LStmt } from "./lir.ts";
 import { printLStmt, printTiling, ranksOf } from "./lir-print.ts";
 import { renderExpr, renderF32, cName, smemElem, NEG_INF, type ExprCtx } from "./render-expr.ts";
 import { renderLoad, renderStore } from "./render-memory.ts";
@@ -17,6 +17,33 @@ import { mapRuns, type MapStmt } from "./lower/fuse-maps.ts";
 const tileElem = (k: LKernel, name: string, r: string, c: string): string =>
   bufferOf(k, name).type.shape.length === 1 ? smemElem(k, name, [r]) : smemElem(k, name, [r, c]);
 
+/** The 1-D f32 shared tiles (column factors) a map over fragments reads at `col`, 8-byte aligned:
+ * a fragment element pair (one row, columns c and c + 1, c even) reads both with one 8-byte load.
+ * Each such read was an LDS whose latency the next FMUL waited out, one at a time at 128 registers
+ * (attention_y's fk, H100, 2026-12-07). */
+function columnPairReads(k: LKernel, s: Extract<LStmt, { kind: "map" }>): string[] {
+  const names = new Set<string>();
+  for (const rd of readNodes(s.expr)) {
+    const b = bufferOf(k, rd.buf);
+    if (b.home === "smem" && b.type.shape.length === 1 && b.type.dtype === "f32" && rd.index[0]!.op === "col" && b.offset !== null && b.offset % 8 === 0)
+      names.add(rd.buf);
+  }
+  return [...names];
+}
+
+/** A map over the element pairs of a frag tile: `y0`, `y1` (columns c, c + 1), column-factor reads
+ * as one float2 per pair; `write` stores the pair. */
+function renderFragPairMap(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "map" }>, write: () => void): void {
+  const cols = columnPairReads(k, s);
+  fragPairLoop(o, k, s.dst, (r, c, ix0, ix1) => {
+    for (const n of cols) o.line(`const float2 cv_${n} = prt::lds_f32x2(&${cName("t", n)}[${c}]);`);
+    const cv = (h: "x" | "y"): Map<string, string> => new Map(cols.map((n) => [n, `cv_${n}.${h}`]));
+    o.line(`const float y0 = ${renderF32(s.expr, { k, row: r, col: c, fragElem: ix0, colVec: cv("x") })};`);
+    o.line(`const float y1 = ${renderF32(s.expr, { k, row: r, col: `${c} + 1`, fragElem: ix1, colVec: cv("y") })};`);
+    write();
+  });
+}
+
 function renderMap(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "map" }>): void {
   const d = bufferOf(k, s.dst);
   if (isRowVector(d)) {
@@ -25,10 +52,13 @@ function renderMap(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "map" }>): 
   }
   if (isPackedFrag(d)) {
     const T = cType(d.type.dtype);
-    fragPairLoop(o, k, s.dst, (r, c, ix0, ix1) => {
-      o.line(`const float y0 = ${renderF32(s.expr, { k, row: r, col: c, fragElem: ix0 })};`);
-      o.line(`const float y1 = ${renderF32(s.expr, { k, row: r, col: `${c} + 1`, fragElem: ix1 })};`);
-      o.line(`${cName("f", s.dst)}[j][q][p] = prt::pack2_rn<${T}>(y0, y1);`);
+    renderFragPairMap(o, k, s, () => o.line(`${cName("f", s.dst)}[j][q][p] = prt::pack2_rn<${T}>(y0, y1);`));
+    return;
+  }
+  if (d.home === "frag" && columnPairReads(k, s).length) {
+    renderFragPairMap(o, k, s, () => {
+      o.line(`${cName("f", s.dst)}[j][q][2 * p] = y0;`);
+      o.line(`${cName("f", s.dst)}[j][q][2 * p + 1] = y1;`);
     });
     return;
   }
@@ -165,6 +195,31 @@ function renderScan(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "scan" }>)
         o.line(`${y("i")} = prt::from_f32<${T}>(acc);`);
       });
     });
+  } else if (inner <= 32 * SCAN_RUN_MAX) {
+    // one warp per line, lane l holding the run of m consecutive elements [l m, l m + m): a serial
+    // scan of its run, one shuffle scan of the runs' totals, and the total of the runs before it
+    // added back. One round of dependent shuffles per line, where segments of 32 took a shuffle
+    // scan each plus a carry (attention's 128-gate scan, on the critical path of every key block:
+    // four rounds while the other warps waited at the barrier after it, H100, 2026-12-07).
+    const m = Math.ceil(inner / 32);
+    o.block(`for (int o = warp; o < ${outer}; o += ${k.numWarps})`, () => {
+      o.line(`float run[${m}];`);
+      o.line(`float total = 0.0f;`);
+      o.line(`#pragma unroll`);
+      o.block(`for (int u = 0; u < ${m}; ++u)`, () => {
+        o.line(`const int j = lane * ${m} + u, i = ${at("j")};`);
+        o.line(`total += j < ${inner} ? ${x("i")} : 0.0f;`);
+        o.line(`run[u] = total;`);
+      });
+      o.line(`const float incl = prt::warp_inclusive_sum(total, lane);`);
+      o.line(`const float up = __shfl_up_sync(0xffffffffu, incl, 1);`);
+      o.line(`const float before = lane == 0 ? 0.0f : up;`);
+      o.line(`#pragma unroll`);
+      o.block(`for (int u = 0; u < ${m}; ++u)`, () => {
+        o.line(`const int j = lane * ${m} + u, i = ${at("j")};`);
+        o.line(`if (j < ${inner}) ${y("i")} = prt::from_f32<${T}>(run[u] + before);`);
+      });
+    });
   } else {
     // one warp per line, 32 elements at a time: shuffle scan plus the carry of the segments before
     o.block(`for (int o = warp; o < ${outer}; o += ${k.numWarps})`, () => {
@@ -179,6 +234,10 @@ function renderScan(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "scan" }>)
     });
   }
 }
+
+/** The longest run of consecutive elements a lane scans serially in a warp-per-line scan (lines of
+ * up to 32 runs; longer lines take segments of 32 with a carry). */
+const SCAN_RUN_MAX = 8;
 
 function renderExpand(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "expand" }>): void {
   const d = bufferOf(k, s.dst), x = bufferOf(k, s.src);

@@ -60,6 +60,9 @@ export interface ExprCtx {
   /** Inside a fused run of maps (lower/fuse-maps.ts): tiles whose element [row, col] this thread
    * has just computed, as the C name of the f32 value. */
   readonly locals?: ReadonlyMap<string, string>;
+  /** Inside a map over fragment element pairs: 1-D shared tiles read at `col`, as the C name of
+   * the value this element's column holds (loaded once per column pair, see columnPairReads). */
+  readonly colVec?: ReadonlyMap<string, string>;
 }
 
 const C_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -114,6 +117,8 @@ export function renderExpr(e: Expr, c: ExprCtx): string {
       }
       const local = c.locals?.get(e.buf);
       if (local !== undefined && ownElement(b.type.shape.length, e.index)) return local;
+      const cv = c.colVec?.get(e.buf);
+      if (cv !== undefined && e.index.length === 1 && e.index[0]!.op === "col") return cv;
       return `prt::to_f32(${smemElem(c.k, e.buf, e.index.map(r))})`;
     }
     case "unary": {

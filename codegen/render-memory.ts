@@ -104,18 +104,32 @@ export function renderLoad(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "lo
       // each thread copies one column of chunks down rows threads / chunks apart: its column's
       // clamp and its first row's address are worked out once, and each chunk (unrolled) costs a
       // row test and a pointer step (the 64-bit clamp per chunk was ~30 instructions)
-      const step = threads / chunks;
+      const step = threads / chunks, per = total / threads;
       o.line(`const int c = (tid % ${chunks}) * ${vec}, r0 = tid / ${chunks};`);
-      o.line(`const long long cols = ok ? ${g}_d${last} - (${lastStart} + c) : 0;`);
-      o.line(`const int nc = cols <= 0 ? 0 : cols >= ${vec} ? ${vec} : static_cast<int>(cols);`);
       o.line(`const auto* src0 = ${g} + base + static_cast<long long>(r0) * ${g}_s${rowAxis} + c;`);
       o.line(`const long long rstep = static_cast<long long>(${step}) * ${g}_s${rowAxis};`);
+      // A tile wholly inside the tensor (every key block before the diagonal in attention) copies
+      // with no test per chunk, and its destination steps linearly when the rows a thread visits
+      // keep their place in the swizzle's pattern; the per-chunk tests and 64-bit clamps were
+      // ~150 instructions a warp per [128, 64] tile (attention_y's SASS, H100, 2026-12-07).
+      const dstep = rowStepElems(d, step);
+      o.line(`const bool whole = ok && ${p.starts[0]} >= 0 && ${p.starts[0]} + ${rows} <= ${g}_d${rowAxis} && ${lastStart} + ${chunks * vec} <= ${g}_d${last};`);
+      o.open("if (whole)");
+      if (dstep !== null) o.line(`${T}* const d0 = &${dstElem("r0", "c")};`);
       o.pragma("#pragma unroll");
-      o.block(`for (int u = 0; u < ${total / threads}; ++u)`, () => {
+      o.block(`for (int u = 0; u < ${per}; ++u)`, () =>
+        o.line(`prt::cp_async_16(${dstep !== null ? `d0 + u * ${dstep}` : `&${dstElem(`r0 + u * ${step}`, "c")}`}, src0 + u * rstep, 16);`));
+      o.close();
+      o.open("else");
+      o.line(`const long long cols = ok ? ${g}_d${last} - (${lastStart} + c) : 0;`);
+      o.line(`const int nc = cols <= 0 ? 0 : cols >= ${vec} ? ${vec} : static_cast<int>(cols);`);
+      o.pragma("#pragma unroll");
+      o.block(`for (int u = 0; u < ${per}; ++u)`, () => {
         o.line(`const int r = r0 + u * ${step}, gr = ${p.starts[0]} + r;`);
         o.line(`const int n = gr >= 0 && gr < ${g}_d${rowAxis} ? nc : 0;`);
         o.line(`prt::cp_async_16(&${dstElem("r", "c")}, n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(${g}), n * ${bytes});`);
       });
+      o.close();
       return;
     }
     o.block(`for (int i = tid; i < ${total}; i += ${threads})`, () => {
@@ -135,6 +149,16 @@ export function renderLoad(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "lo
   o.open("else");
   scalar();
   o.close();
+}
+
+/** Elements between tile rows r and r + step at any one column, when that is the same for every r
+ * (tileOffset is then linear in steps of `step` rows), else null. Unswizzled rows are `pitch` apart;
+ * the swizzle of W-byte rows XORs an offset's 16-byte chunk with its bits 6 up (prt::swz), whose
+ * pattern repeats every 4 W elements of 16 bits, so steps of whole patterns are linear. */
+function rowStepElems(d: ReturnType<typeof bufferOf>, step: number): number | null {
+  if (d.swizzle === 0) return step * d.pitch;
+  const E = d.swizzle / 2; // elements of a swizzled row (one panel's)
+  return (step * E) % (4 * d.swizzle) === 0 ? step * E : null;
 }
 
 export function renderStore(o: Emitter, k: LKernel, s: Extract<LStmt, { kind: "store" }>): void {

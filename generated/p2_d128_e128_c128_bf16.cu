@@ -135,15 +135,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -173,13 +183,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -247,15 +265,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -276,15 +304,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -334,9 +372,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -569,15 +611,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -598,15 +650,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -646,15 +708,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -677,15 +749,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -735,13 +817,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -767,9 +857,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -1156,15 +1250,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -1193,13 +1297,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -1266,15 +1378,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -1295,15 +1417,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -1365,9 +1497,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -1599,15 +1735,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -1628,15 +1774,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -1677,15 +1833,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -1707,15 +1873,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -1781,13 +1957,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -1809,9 +1993,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -2252,13 +2440,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -2273,15 +2469,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 128 <= g_V_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 2176, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -2302,15 +2508,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     __nv_bfloat16* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 128 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 2176, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -3224,15 +3440,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     __nv_bfloat16* const dst = t_k4;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -3684,15 +3910,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     __nv_bfloat16* const dst = t_k6;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(64) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 64, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -3919,15 +4155,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d128_e128_
     __nv_bfloat16* const dst = t_k7;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 2) * 8, r0 = tid / 2;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(128) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 1; ++u) {
-        const int r = r0 + u * 128, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 16 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 24 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          prt::cp_async_16(d0 + u * 3072, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          const int r = r0 + u * 128, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -4353,15 +4599,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       float* const dst = t_ds_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 32) * 4, r0 = tid / 32;
-        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
         const long long rstep = static_cast<long long>(4) * g_dS_s3;
-        #pragma unroll
-        for (int u = 0; u < 16; ++u) {
-          const int r = r0 + u * 4, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 128 <= g_dS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 128 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int r = r0 + u * 4, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+          }
         }
       }
       else {
@@ -4426,15 +4682,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
             const long long rstep = static_cast<long long>(4) * g_dS_s3;
-            #pragma unroll
-            for (int u = 0; u < 16; ++u) {
-              const int r = r0 + u * 4, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 128 <= g_dS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 128 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int r = r0 + u * 4, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+              }
             }
           }
           else {
@@ -4517,13 +4783,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d128_
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[4];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -4803,13 +5077,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -4842,15 +5124,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       __nv_bfloat16* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 2176, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          }
         }
       }
       else {
@@ -4998,15 +5290,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           float* const dst = t_s0_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 16; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 128 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 132 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                prt::cp_async_16(d0 + u * 1056, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -5132,15 +5434,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           float* const dst = t_s1_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 14; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 112 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 132 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 14; ++u) {
+                prt::cp_async_16(d0 + u * 1056, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 14; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -5267,15 +5579,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           float* const dst = t_s2_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 12; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 96 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 132 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 12; ++u) {
+                prt::cp_async_16(d0 + u * 1056, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 12; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -5402,15 +5724,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           float* const dst = t_s3_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 10; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 80 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 132 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 10; ++u) {
+                prt::cp_async_16(d0 + u * 1056, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 10; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -5506,15 +5838,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       __nv_bfloat16* const dst = t_q4;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          }
         }
       }
       else {
@@ -5541,15 +5883,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           float* const dst = t_s4_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 132 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 1056, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -5676,15 +6028,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           float* const dst = t_s5_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 6; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 48 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 132 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 6; ++u) {
+                prt::cp_async_16(d0 + u * 1056, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 6; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -5780,15 +6142,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
       __nv_bfloat16* const dst = t_q6;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(64) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 1; ++u) {
-          const int r = r0 + u * 64, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 40 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 1; ++u) {
+            prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 1; ++u) {
+            const int r = r0 + u * 64, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          }
         }
       }
       else {
@@ -5815,15 +6187,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           float* const dst = t_s6_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 132 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1056, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -5950,15 +6332,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_p2_d128_e128_c
           float* const dst = t_s7_f32;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 16 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 132 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 1056, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -6389,15 +6781,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -6418,15 +6820,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 128 <= g_dY_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -6505,13 +6917,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -6554,15 +6974,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -6583,15 +7013,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -6647,9 +7087,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_p[j][q][2 * p] = y0;
+          f_p[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -6770,15 +7214,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -6799,15 +7253,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -6849,15 +7313,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -6878,15 +7352,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -6907,13 +7391,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -6975,9 +7467,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -7273,15 +7769,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -7302,15 +7808,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 128 <= g_dY_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -7364,13 +7880,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -7404,15 +7928,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -7433,15 +7967,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -7528,9 +8072,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          f_p[j][q][2 * p] = y0;
+          f_p[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -7645,15 +8193,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -7674,15 +8232,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -7722,15 +8290,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -7751,15 +8329,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -7779,13 +8367,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -7877,9 +8473,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d128
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * prt::to_f32(t_g_i[r]));
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * prt::to_f32(t_g_i[r]));
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -8236,13 +8836,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
     // lam = cumsum(g, axis=0)
     {
       for (int o = warp; o < 1; o += 4) {
-        float carry = 0.0f;
-        for (int j0 = 0; j0 < 128; j0 += 32) {
-          const int j = j0 + lane, i = j;
-          float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-          v = prt::warp_inclusive_sum(v, lane) + carry;
-          if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-          carry = __shfl_sync(0xffffffffu, v, 31);
+        float run[4];
+        float total = 0.0f;
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int j = lane * 4 + u, i = j;
+          total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+          run[u] = total;
+        }
+        const float incl = prt::warp_inclusive_sum(total, lane);
+        const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+        const float before = lane == 0 ? 0.0f : up;
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int j = lane * 4 + u, i = j;
+          if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
         }
       }
     }
@@ -8257,15 +8865,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       __nv_bfloat16* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_dY_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 32 <= g_dY_d1 && s3 + 128 <= g_dY_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+          }
         }
       }
       else {
@@ -8286,15 +8904,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       __nv_bfloat16* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 32 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          }
         }
       }
       else {
@@ -8331,15 +8959,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 32) * 4, r0 = tid / 32;
-        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
         const long long rstep = static_cast<long long>(4) * g_yS_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 4, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 32 <= g_yS_d1 && s3 + 128 <= g_yS_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 128 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 4, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+          }
         }
       }
       else {
@@ -8584,15 +9222,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
             float* const dst = t_s_f32;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 32) * 4, r0 = tid / 32;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(4) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 32; ++u) {
-                const int r = r0 + u * 4, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 128 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 128 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 32; ++u) {
+                  prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 32; ++u) {
+                  const int r = r0 + u * 4, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -8967,15 +9615,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -8996,15 +9654,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 128 <= g_dY_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -9105,13 +9773,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -9168,15 +9844,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -9197,15 +9883,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -9261,9 +9957,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p)] - f_Dy_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p + 1)] - f_Dy_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -9383,15 +10083,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -9412,15 +10122,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -9462,15 +10182,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -9491,15 +10221,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[prt::swz<128>(((c) / 64 * 64 + (r0)) * 64 + ((c) % 64))];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -9520,13 +10260,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -9588,9 +10336,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -9626,8 +10378,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
-              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * cv_fk.x) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * cv_fk.y) * f_h_i[j][((2 * p + 1)) >> 1]);
               f_ds[j][q][p] = prt::pack2_rn<__nv_bfloat16>(y0, y1);
             }
           }
@@ -9907,15 +10660,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -9936,15 +10699,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     __nv_bfloat16* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 128 <= g_dY_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -10044,13 +10817,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -10106,15 +10887,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -10135,15 +10926,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -10230,9 +11031,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p)] - f_Dy_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p + 1)] - f_Dy_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -10350,15 +11155,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       __nv_bfloat16* const dst = t_k_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -10379,15 +11194,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       __nv_bfloat16* const dst = t_v_base + ((0) % 2) * 8704;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 8, r0 = tid / 16;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+        if (whole) {
+          __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -10428,15 +11253,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           __nv_bfloat16* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 128 <= g_K_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -10457,15 +11292,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           __nv_bfloat16* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8704;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 8, r0 = tid / 16;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(8) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 128 <= g_V_d3;
+            if (whole) {
+              __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -10485,13 +11330,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -10583,9 +11436,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -10619,8 +11476,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
-              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * cv_fk.x) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * cv_fk.y) * f_h_i[j][((2 * p + 1)) >> 1]);
               f_ds[j][q][p] = prt::pack2_rn<__nv_bfloat16>(y0, y1);
             }
           }
@@ -10937,15 +11795,25 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     __nv_bfloat16* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(4) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 4, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 32 <= g_K_d1 && s3 + 128 <= g_K_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 4, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -10966,15 +11834,25 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     __nv_bfloat16* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(4) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 4, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 32 <= g_V_d1 && s3 + 128 <= g_V_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 4, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -11003,13 +11881,21 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 2) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 32; j0 += 32) {
-        const int j = j0 + lane, i = 31 - j;
-        float v = j < 32 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 32) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[1];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 1; ++u) {
+        const int j = lane * 1 + u, i = 31 - j;
+        total += j < 32 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 1; ++u) {
+        const int j = lane * 1 + u, i = 31 - j;
+        if (j < 32) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -11125,15 +12011,25 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         __nv_bfloat16* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 16) * 8, r0 = tid / 16;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(4) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 8; ++u) {
-            const int r = r0 + u * 4, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 32 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+          if (whole) {
+            __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int r = r0 + u * 4, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -11154,15 +12050,25 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         __nv_bfloat16* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 16) * 8, r0 = tid / 16;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(4) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 8; ++u) {
-            const int r = r0 + u * 4, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 32 <= g_dY_d1 && s3 + 128 <= g_dY_d3;
+          if (whole) {
+            __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int r = r0 + u * 4, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+            }
           }
         }
         else {
@@ -11218,13 +12124,21 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 2) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 32; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 32 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 32) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[1];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 1; ++u) {
+            const int j = lane * 1 + u, i = j;
+            total += j < 32 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 1; ++u) {
+            const int j = lane * 1 + u, i = j;
+            if (j < 32) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -11317,9 +12231,15 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -11343,8 +12263,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-              const float y1 = (((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f);
               f_p[j][q][p] = prt::pack2_rn<__nv_bfloat16>(y0, y1);
             }
           }
@@ -11401,8 +12323,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float y0 = ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+              const float y1 = ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__nv_bfloat16>(y0, y1);
             }
           }
@@ -11483,15 +12406,25 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             __nv_bfloat16* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 16) * 8, r0 = tid / 16;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(4) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 8; ++u) {
-                const int r = r0 + u * 4, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 32 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+              if (whole) {
+                __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int r = r0 + u * 4, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                }
               }
             }
             else {
@@ -11512,15 +12445,25 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             __nv_bfloat16* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 16) * 8, r0 = tid / 16;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(4) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 8; ++u) {
-                const int r = r0 + u * 4, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 32 <= g_dY_d1 && s3 + 128 <= g_dY_d3;
+              if (whole) {
+                __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int r = r0 + u * 4, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+                }
               }
             }
             else {
@@ -11575,13 +12518,21 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 2) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 32; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 32 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 32) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[1];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 1; ++u) {
+                const int j = lane * 1 + u, i = j;
+                total += j < 32 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 1; ++u) {
+                const int j = lane * 1 + u, i = j;
+                if (j < 32) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -11699,9 +12650,13 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * f_fk[j][((2 * p)) >> 1]) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * f_fk[j][((2 * p + 1)) >> 1]) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -11774,9 +12729,14 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -11793,8 +12753,9 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
-                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  const float2 cv_h_i = prt::lds_f32x2(&t_h_i[c]);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * cv_h_i.x);
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * cv_h_i.y);
                   f_ds[j][q][p] = prt::pack2_rn<__nv_bfloat16>(y0, y1);
                 }
               }
@@ -12157,13 +13118,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -12326,15 +13295,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         __nv_bfloat16* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 16) * 8, r0 = tid / 16;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 8; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+          if (whole) {
+            __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              prt::cp_async_16(d0 + u * 2176, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -12517,15 +13496,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               __nv_bfloat16* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
                 const int c = (tid % 16) * 8, r0 = tid / 16;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(16) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                  const int r = r0 + u * 16, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+                if (whole) {
+                  __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    prt::cp_async_16(d0 + u * 2176, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    const int r = r0 + u * 16, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                  }
                 }
               }
               else {
@@ -14039,15 +15028,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         __nv_bfloat16* const dst = t_q4;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(32) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 32, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+          if (whole) {
+            __nv_bfloat16* const d0 = &dst[(r0) * 72 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -14230,15 +15229,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               __nv_bfloat16* const dst = t_q4;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
                 const int c = (tid % 8) * 8, r0 = tid / 8;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(32) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                  const int r = r0 + u * 32, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+                if (whole) {
+                  __nv_bfloat16* const d0 = &dst[(r0) * 72 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    const int r = r0 + u * 32, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                  }
                 }
               }
               else {
@@ -14897,15 +15906,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         __nv_bfloat16* const dst = t_q6;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 4) * 8, r0 = tid / 4;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(64) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 64, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            __nv_bfloat16* const d0 = &dst[(r0) * 40 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 64, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -15094,15 +16113,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               __nv_bfloat16* const dst = t_q6;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
                 const int c = (tid % 4) * 8, r0 = tid / 4;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(64) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                  const int r = r0 + u * 64, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+                if (whole) {
+                  __nv_bfloat16* const d0 = &dst[(r0) * 40 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    const int r = r0 + u * 64, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                  }
                 }
               }
               else {
@@ -15329,15 +16358,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
         __nv_bfloat16* const dst = t_q7;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 2) * 8, r0 = tid / 2;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(128) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 1; ++u) {
-            const int r = r0 + u * 128, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+          if (whole) {
+            __nv_bfloat16* const d0 = &dst[(r0) * 24 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              prt::cp_async_16(d0 + u * 3072, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              const int r = r0 + u * 128, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -15528,15 +16567,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d128
               __nv_bfloat16* const dst = t_q7;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
                 const int c = (tid % 2) * 8, r0 = tid / 2;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(128) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 1; ++u) {
-                  const int r = r0 + u * 128, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+                if (whole) {
+                  __nv_bfloat16* const d0 = &dst[(r0) * 24 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 1; ++u) {
+                    prt::cp_async_16(d0 + u * 3072, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 1; ++u) {
+                    const int r = r0 + u * 128, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                  }
                 }
               }
               else {
@@ -15931,15 +16980,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_s_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 32) * 4, r0 = tid / 32;
-        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
         const long long rstep = static_cast<long long>(4) * g_Sin_s3;
-        #pragma unroll
-        for (int u = 0; u < 16; ++u) {
-          const int r = r0 + u * 4, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 128 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int r = r0 + u * 4, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          }
         }
       }
       else {
@@ -15984,15 +17043,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_ds_in_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 32) * 4, r0 = tid / 32;
-        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
         const long long rstep = static_cast<long long>(4) * g_dSin_s3;
-        #pragma unroll
-        for (int u = 0; u < 16; ++u) {
-          const int r = r0 + u * 4, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 128 <= g_dSin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 128 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int r = r0 + u * 4, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+          }
         }
       }
       else {
@@ -16056,15 +17125,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(4) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 16; ++u) {
-              const int r = r0 + u * 4, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 128 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 128 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int r = r0 + u * 4, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -16110,15 +17189,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
             const long long rstep = static_cast<long long>(4) * g_dSin_s3;
-            #pragma unroll
-            for (int u = 0; u < 16; ++u) {
-              const int r = r0 + u * 4, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 128 <= g_dSin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 128 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int r = r0 + u * 4, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+              }
             }
           }
           else {
@@ -16514,13 +17603,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -16545,15 +17642,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         __nv_bfloat16* const dst = t_k;
         if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 16) * 8, r0 = tid / 16;
-          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
           const long long rstep = static_cast<long long>(8) * g_K_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 8, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 32 <= g_K_d1 && s3 + 128 <= g_K_d3;
+          if (whole) {
+            __nv_bfloat16* const d0 = &dst[(r0) * 128 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            }
           }
         }
         else {
@@ -16574,15 +17681,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
         __nv_bfloat16* const dst = t_v;
         if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 16) * 8, r0 = tid / 16;
-          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
           const long long rstep = static_cast<long long>(8) * g_V_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 8, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 32 <= g_V_d1 && s3 + 128 <= g_V_d3;
+          if (whole) {
+            __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 8, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            }
           }
         }
         else {
@@ -16641,15 +17758,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
             float* const dst = t_U_f32;
             if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 32) * 4, r0 = tid / 32;
-              const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
               const long long rstep = static_cast<long long>(4) * g_ddS_s3;
-              #pragma unroll
-              for (int u = 0; u < 16; ++u) {
-                const int r = r0 + u * 4, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 64 <= g_ddS_d3 && s4 + 128 <= g_ddS_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 128 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 16; ++u) {
+                  prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 16; ++u) {
+                  const int r = r0 + u * 4, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+                }
               }
             }
             else {
@@ -17432,15 +18559,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         float* const dst = t_a_e;
         if (prt::aligned16(g_dVa) && base % 4 == 0 && g_dVa_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 32) * 4, r0 = tid / 32;
-          const long long cols = ok ? g_dVa_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_dVa + base + static_cast<long long>(r0) * g_dVa_s1 + c;
           const long long rstep = static_cast<long long>(4) * g_dVa_s1;
-          #pragma unroll
-          for (int u = 0; u < 16; ++u) {
-            const int r = r0 + u * 4, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dVa_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dVa), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dVa_d1 && s3 + 128 <= g_dVa_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 128 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dVa_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int r = r0 + u * 4, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dVa_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dVa), n * 4);
+            }
           }
         }
         else {
@@ -17461,15 +18598,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         float* const dst = t_b_e;
         if (prt::aligned16(g_dVs) && base % 4 == 0 && g_dVs_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 32) * 4, r0 = tid / 32;
-          const long long cols = ok ? g_dVs_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_dVs + base + static_cast<long long>(r0) * g_dVs_s1 + c;
           const long long rstep = static_cast<long long>(4) * g_dVs_s1;
-          #pragma unroll
-          for (int u = 0; u < 16; ++u) {
-            const int r = r0 + u * 4, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dVs_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dVs), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dVs_d1 && s3 + 128 <= g_dVs_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 128 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dVs_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+              const int r = r0 + u * 4, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dVs_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dVs), n * 4);
+            }
           }
         }
         else {
@@ -17507,13 +18654,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
       // suffix = cumsum(dlam, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_suffix[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_suffix[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -17692,13 +18847,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -17720,15 +18883,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
     __nv_bfloat16* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 8, r0 = tid / 16;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 16 <= g_Q_d1 && s3 + 128 <= g_Q_d3;
+      if (whole) {
+        __nv_bfloat16* const d0 = &dst[(r0) * 136 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1088, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 136 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -17794,15 +18967,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
       float* const dst = t_s_base + ((0) % 2) * 8448;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 32) * 4, r0 = tid / 32;
-        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
         const long long rstep = static_cast<long long>(4) * g_S_s2;
-        #pragma unroll
-        for (int u = 0; u < 16; ++u) {
-          const int r = r0 + u * 4, gr = s2 + r;
-          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+        const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 128 <= g_S_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 132 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            prt::cp_async_16(d0 + u * 528, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 16; ++u) {
+            const int r = r0 + u * 4, gr = s2 + r;
+            const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+          }
         }
       }
       else {
@@ -17851,15 +19034,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 8448;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 32) * 4, r0 = tid / 32;
-            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
             const long long rstep = static_cast<long long>(4) * g_S_s2;
-            #pragma unroll
-            for (int u = 0; u < 16; ++u) {
-              const int r = r0 + u * 4, gr = s2 + r;
-              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+            const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 128 <= g_S_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 132 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                prt::cp_async_16(d0 + u * 528, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 16; ++u) {
+                const int r = r0 + u * 4, gr = s2 + r;
+                const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 132 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+              }
             }
           }
           else {
@@ -17943,9 +19136,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d128_e128_c128_b
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_z = prt::lds_f32x2(&t_z[c]);
+              const float y0 = (f_den_parts[j][q][(2 * p)] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * cv_z.x));
+              const float y1 = (f_den_parts[j][q][(2 * p + 1)] + (prt::to_f32(t_phi[(r) * 68 + (c + 1)]) * cv_z.y));
+              f_den_parts[j][q][2 * p] = y0;
+              f_den_parts[j][q][2 * p + 1] = y1;
             }
           }
         }

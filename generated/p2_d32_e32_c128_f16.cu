@@ -135,15 +135,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(64) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 64, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -173,13 +183,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -247,15 +265,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(64) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 64, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -276,15 +304,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(64) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 64, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -334,9 +372,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       #pragma unroll
       for (int q = 0; q < 16; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -489,13 +531,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   // v_bad = cumsum(v_bad, axis=0)
   {
     for (int o = warp; o < 32; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
       }
     }
   }
@@ -573,15 +623,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       __half* const dst = t_k_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(64) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 64, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 64, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -602,15 +662,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       __half* const dst = t_v_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(64) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 64, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 64, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -652,15 +722,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(64) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 64, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 64, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -683,15 +763,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(64) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 64, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 64, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -743,13 +833,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 8) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[4];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = 127 - j;
+            total += j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = 127 - j;
+            if (j < 128) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -775,9 +873,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           #pragma unroll
           for (int q = 0; q < 16; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -1164,15 +1266,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(64) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 64, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -1201,13 +1313,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -1274,15 +1394,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(64) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 64, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -1303,15 +1433,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(64) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 64, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -1373,9 +1513,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       #pragma unroll
       for (int q = 0; q < 16; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -1526,13 +1670,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   // v_bad = cumsum(v_bad, axis=0)
   {
     for (int o = warp; o < 32; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
       }
     }
   }
@@ -1609,15 +1761,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       __half* const dst = t_k_base + ((0) % 2) * 5120;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(64) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 64, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 40 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 64, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -1638,15 +1800,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       __half* const dst = t_v_base + ((0) % 2) * 5120;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(64) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 64, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 40 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 64, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -1687,15 +1859,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 5120;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(64) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 64, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 40 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 64, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -1717,15 +1899,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 5120;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(64) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 64, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 40 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 64, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -1791,13 +1983,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 8) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[4];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = 127 - j;
+            total += j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = 127 - j;
+            if (j < 128) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -1819,9 +2019,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           #pragma unroll
           for (int q = 0; q < 16; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -2208,13 +2412,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -2229,15 +2441,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -2258,15 +2480,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     __half* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -2487,15 +2719,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     __half* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 2) * 8, r0 = tid / 2;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(64) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 64, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 16 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 24 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1536, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -2916,15 +3158,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       float* const dst = t_ds_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_dS_s3;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 32 <= g_dS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+          }
         }
       }
       else {
@@ -2989,15 +3241,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_dS_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 32 <= g_dS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+              }
             }
           }
           else {
@@ -3080,13 +3342,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[4];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -3347,13 +3617,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -3534,15 +3812,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         float* const dst = t_s0_f32_base + ((0) % 2) * 1152;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 16, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -3570,15 +3858,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1152;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 2; ++u) {
-                const int r = r0 + u * 16, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 36 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int r = r0 + u * 16, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -3708,15 +4006,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         float* const dst = t_s1_f32_base + ((0) % 2) * 576;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 1; ++u) {
-            const int r = r0 + u * 16, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 16 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -3744,15 +4052,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 576;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 1; ++u) {
-                const int r = r0 + u * 16, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 16 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 36 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 1; ++u) {
+                  prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 1; ++u) {
+                  const int r = r0 + u * 16, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -4258,15 +4576,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -4287,15 +4615,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -4374,13 +4712,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -4423,15 +4769,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -4452,15 +4808,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -4516,9 +4882,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_p[j][q][2 * p] = y0;
+          f_p[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -4639,15 +5009,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       __half* const dst = t_k_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -4668,15 +5048,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       __half* const dst = t_v_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -4718,15 +5108,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -4747,15 +5147,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -4776,13 +5186,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -4844,9 +5262,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -5142,15 +5564,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -5171,15 +5603,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -5233,13 +5675,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -5273,15 +5723,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -5302,15 +5762,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -5397,9 +5867,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          f_p[j][q][2 * p] = y0;
+          f_p[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -5514,15 +5988,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       __half* const dst = t_k_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 40 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -5543,15 +6027,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       __half* const dst = t_v_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 40 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -5591,15 +6085,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 40 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -5620,15 +6124,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 40 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -5648,13 +6162,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -5746,9 +6268,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * prt::to_f32(t_g_i[r]));
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * prt::to_f32(t_g_i[r]));
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -6109,13 +6635,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
     // lam = cumsum(g, axis=0)
     {
       for (int o = warp; o < 1; o += 4) {
-        float carry = 0.0f;
-        for (int j0 = 0; j0 < 128; j0 += 32) {
-          const int j = j0 + lane, i = j;
-          float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-          v = prt::warp_inclusive_sum(v, lane) + carry;
-          if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-          carry = __shfl_sync(0xffffffffu, v, 31);
+        float run[4];
+        float total = 0.0f;
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int j = lane * 4 + u, i = j;
+          total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+          run[u] = total;
+        }
+        const float incl = prt::warp_inclusive_sum(total, lane);
+        const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+        const float before = lane == 0 ? 0.0f : up;
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int j = lane * 4 + u, i = j;
+          if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
         }
       }
     }
@@ -6152,15 +6686,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       __half* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 40 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          }
         }
       }
       else {
@@ -6197,15 +6741,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_yS_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_yS_d1 && s3 + 32 <= g_yS_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+          }
         }
       }
       else {
@@ -6480,15 +7034,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           float* const dst = t_s_f32_base + ((0) % 2) * 1024;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -6516,15 +7080,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 const int c = (tid % 8) * 4, r0 = tid / 8;
-                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
                 const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-                #pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                  const int r = r0 + u * 16, gr = s3 + r;
-                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 32 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    const int r = r0 + u * 16, gr = s3 + r;
+                    const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                  }
                 }
               }
               else {
@@ -6919,15 +7493,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -6948,15 +7532,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -7057,13 +7651,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -7120,15 +7722,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -7149,15 +7761,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -7213,9 +7835,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p)] - f_Dy_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p + 1)] - f_Dy_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -7335,15 +7961,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       __half* const dst = t_k_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -7364,15 +8000,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       __half* const dst = t_v_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -7414,15 +8060,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -7443,15 +8099,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -7472,13 +8138,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -7540,9 +8214,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -7578,8 +8256,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
-              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * cv_fk.x) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * cv_fk.y) * f_h_i[j][((2 * p + 1)) >> 1]);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -7859,15 +8538,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -7888,15 +8577,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -7996,13 +8695,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -8058,15 +8765,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -8087,15 +8804,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -8182,9 +8909,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p)] - f_Dy_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p + 1)] - f_Dy_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -8302,15 +9033,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       __half* const dst = t_k_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 40 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -8331,15 +9072,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       __half* const dst = t_v_base + ((0) % 2) * 2560;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 8, r0 = tid / 4;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 40 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -8380,15 +9131,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 40 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -8409,15 +9170,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2560;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 4) * 8, r0 = tid / 4;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 40 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -8437,13 +9208,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -8535,9 +9314,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -8571,8 +9354,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
-              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * cv_fk.x) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * cv_fk.y) * f_h_i[j][((2 * p + 1)) >> 1]);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -8890,15 +9674,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -8919,15 +9713,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -8957,13 +9761,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = 63 - j;
-        float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -9090,15 +9902,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 4) * 8, r0 = tid / 4;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(32) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 32, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -9119,15 +9941,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 4) * 8, r0 = tid / 4;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(32) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 32, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+          if (whole) {
+            __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+            }
           }
         }
         else {
@@ -9185,13 +10017,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -9253,9 +10093,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -9279,8 +10125,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-              const float y1 = (((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f);
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -9314,8 +10162,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float y0 = ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+              const float y1 = ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -9399,15 +10248,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 4) * 8, r0 = tid / 4;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(32) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 2; ++u) {
-                const int r = r0 + u * 32, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+              if (whole) {
+                __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int r = r0 + u * 32, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                }
               }
             }
             else {
@@ -9428,15 +10287,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 4) * 8, r0 = tid / 4;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(32) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 2; ++u) {
-                const int r = r0 + u * 32, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+              if (whole) {
+                __half* const d0 = &dst[prt::swz<64>((r0) * 32 + (c))];
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int r = r0 + u * 32, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[prt::swz<64>((r) * 32 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+                }
               }
             }
             else {
@@ -9492,13 +10361,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 4) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 64; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[2];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -9586,9 +10463,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * f_fk[j][((2 * p)) >> 1]) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * f_fk[j][((2 * p + 1)) >> 1]) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -9640,9 +10521,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -9659,8 +10545,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
-                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  const float2 cv_h_i = prt::lds_f32x2(&t_h_i[c]);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * cv_h_i.x);
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * cv_h_i.y);
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -10008,15 +10895,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -10037,15 +10934,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -10074,13 +10981,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = 63 - j;
-        float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -10206,15 +11121,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 4) * 8, r0 = tid / 4;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(32) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 32, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 40 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -10235,15 +11160,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 4) * 8, r0 = tid / 4;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(32) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 32, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 40 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+            }
           }
         }
         else {
@@ -10299,13 +11234,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -10398,9 +11341,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -10424,8 +11373,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-              const float y1 = (((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f);
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -10468,8 +11419,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float y0 = ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+              const float y1 = ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -10550,15 +11502,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 4) * 8, r0 = tid / 4;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(32) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 2; ++u) {
-                const int r = r0 + u * 32, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+              if (whole) {
+                __half* const d0 = &dst[(r0) * 40 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int r = r0 + u * 32, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                }
               }
             }
             else {
@@ -10579,15 +11541,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 4) * 8, r0 = tid / 4;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(32) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 2; ++u) {
-                const int r = r0 + u * 32, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+              if (whole) {
+                __half* const d0 = &dst[(r0) * 40 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  prt::cp_async_16(d0 + u * 1280, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int r = r0 + u * 32, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+                }
               }
             }
             else {
@@ -10642,13 +11614,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 4) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 64; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[2];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -10766,9 +11746,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * f_fk[j][((2 * p)) >> 1]) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * f_fk[j][((2 * p + 1)) >> 1]) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -10827,9 +11811,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -10846,8 +11835,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
-                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  const float2 cv_h_i = prt::lds_f32x2(&t_h_i[c]);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * cv_h_i.x);
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * cv_h_i.y);
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -11171,13 +12161,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -11340,15 +12338,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         __half* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 4) * 8, r0 = tid / 4;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(32) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 32, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 32 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -11548,15 +12556,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               __half* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
                 const int c = (tid % 4) * 8, r0 = tid / 4;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(32) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                  const int r = r0 + u * 32, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+                if (whole) {
+                  __half* const d0 = &dst[(r0) * 32 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    const int r = r0 + u * 32, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                  }
                 }
               }
               else {
@@ -11798,15 +12816,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         __half* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 2) * 8, r0 = tid / 2;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(64) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 64, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 24 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 1536, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 64, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -12014,15 +13042,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               __half* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
                 const int c = (tid % 2) * 8, r0 = tid / 2;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(64) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                  const int r = r0 + u * 64, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+                if (whole) {
+                  __half* const d0 = &dst[(r0) * 24 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    prt::cp_async_16(d0 + u * 1536, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    const int r = r0 + u * 64, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 24 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                  }
                 }
               }
               else {
@@ -12432,15 +13470,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_s_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          }
         }
       }
       else {
@@ -12485,15 +13533,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_ds_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_dSin_s3;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 32 <= g_dSin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+          }
         }
       }
       else {
@@ -12557,15 +13615,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -12611,15 +13679,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_dSin_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 32 <= g_dSin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+              }
             }
           }
           else {
@@ -13019,13 +14097,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -13040,15 +14126,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 32 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -13258,15 +14354,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_ddS_s3;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 32 <= g_ddS_d3 && s4 + 32 <= g_ddS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+          }
         }
       }
       else {
@@ -13294,15 +14400,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_ddS_s3;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 32 <= g_ddS_d3 && s4 + 32 <= g_ddS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+              }
             }
           }
           else {
@@ -13794,13 +14910,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -13815,15 +14939,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 32 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -14027,15 +15161,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_ddS_s3;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 32 <= g_ddS_d3 && s4 + 32 <= g_ddS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+          }
         }
       }
       else {
@@ -14063,15 +15207,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_ddS_s3;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 32 <= g_ddS_d3 && s4 + 32 <= g_ddS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+              }
             }
           }
           else {
@@ -15034,13 +16188,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
       // suffix = cumsum(dlam, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_suffix[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_suffix[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -15219,13 +16381,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f16
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -15317,15 +16487,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f16
       float* const dst = t_s_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
         const long long rstep = static_cast<long long>(16) * g_S_s2;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s2 + r;
-          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+        const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 32 <= g_S_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s2 + r;
+            const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+          }
         }
       }
       else {
@@ -15374,15 +16554,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f16
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
             const long long rstep = static_cast<long long>(16) * g_S_s2;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s2 + r;
-              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+            const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 32 <= g_S_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s2 + r;
+                const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+              }
             }
           }
           else {
@@ -15466,9 +16656,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f16
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_z = prt::lds_f32x2(&t_z[c]);
+              const float y0 = (f_den_parts[j][q][(2 * p)] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * cv_z.x));
+              const float y1 = (f_den_parts[j][q][(2 * p + 1)] + (prt::to_f32(t_phi[(r) * 68 + (c + 1)]) * cv_z.y));
+              f_den_parts[j][q][2 * p] = y0;
+              f_den_parts[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -15574,13 +16768,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f16
       // v_bad = cumsum(v_bad, axis=0)
       {
         for (int o = warp; o < 32; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<float>(run[u] + before);
           }
         }
       }

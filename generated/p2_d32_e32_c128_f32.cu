@@ -135,15 +135,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -172,13 +182,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -237,15 +255,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -266,15 +294,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -329,9 +367,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -460,13 +502,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
   // v_bad = cumsum(v_bad, axis=0)
   {
     for (int o = warp; o < 32; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
       }
     }
   }
@@ -528,15 +578,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+          }
         }
       }
       else {
@@ -557,15 +617,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+          }
         }
       }
       else {
@@ -606,15 +676,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+              }
             }
           }
           else {
@@ -636,15 +716,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+              }
             }
           }
           else {
@@ -703,13 +793,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -731,9 +829,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -1062,13 +1164,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -1083,15 +1193,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 32 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -1112,15 +1232,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     float* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -1295,15 +1425,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c1
     float* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 4, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 16 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 20 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 640, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -1678,15 +1818,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       float* const dst = t_ds_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_dS_s3;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 32 <= g_dS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+          }
         }
       }
       else {
@@ -1751,15 +1901,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_dS_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 32 <= g_dS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+              }
             }
           }
           else {
@@ -1842,13 +2002,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[4];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -2102,13 +2270,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -2141,15 +2317,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
       float* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          }
         }
       }
       else {
@@ -2270,15 +2456,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         float* const dst = t_s0_f32_base + ((0) % 2) * 1024;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 16, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 32 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -2306,15 +2502,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 2; ++u) {
-                const int r = r0 + u * 16, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 32 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int r = r0 + u * 16, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -2394,15 +2600,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
       float* const dst = t_q1;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 4, r0 = tid / 4;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 20 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 640, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          }
         }
       }
       else {
@@ -2427,15 +2643,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
         float* const dst = t_s1_f32_base + ((0) % 2) * 512;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 1; ++u) {
-            const int r = r0 + u * 16, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 16 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 32 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -2463,15 +2689,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c12
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 1; ++u) {
-                const int r = r0 + u * 16, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 16 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 32 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 1; ++u) {
+                  prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 1; ++u) {
+                  const int r = r0 + u * 16, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -2953,15 +3189,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -2982,15 +3228,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        }
       }
     }
     else {
@@ -3044,13 +3300,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -3084,15 +3348,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -3113,15 +3387,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -3194,9 +3478,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          f_p[j][q][2 * p] = y0;
+          f_p[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -3311,15 +3599,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+          }
         }
       }
       else {
@@ -3340,15 +3638,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+          }
         }
       }
       else {
@@ -3388,15 +3696,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+              }
             }
           }
           else {
@@ -3417,15 +3735,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+              }
             }
           }
           else {
@@ -3445,13 +3773,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -3529,9 +3865,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * prt::to_f32(t_g_i[r]));
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * prt::to_f32(t_g_i[r]));
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -3886,13 +4226,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
     // lam = cumsum(g, axis=0)
     {
       for (int o = warp; o < 1; o += 4) {
-        float carry = 0.0f;
-        for (int j0 = 0; j0 < 128; j0 += 32) {
-          const int j = j0 + lane, i = j;
-          float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-          v = prt::warp_inclusive_sum(v, lane) + carry;
-          if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-          carry = __shfl_sync(0xffffffffu, v, 31);
+        float run[4];
+        float total = 0.0f;
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int j = lane * 4 + u, i = j;
+          total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+          run[u] = total;
+        }
+        const float incl = prt::warp_inclusive_sum(total, lane);
+        const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+        const float before = lane == 0 ? 0.0f : up;
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int j = lane * 4 + u, i = j;
+          if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
         }
       }
     }
@@ -3907,15 +4255,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       float* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_dY_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+          }
         }
       }
       else {
@@ -3936,15 +4294,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       float* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          }
         }
       }
       else {
@@ -3965,15 +4333,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       float* const dst = t_dy_row;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_dY_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+          }
         }
       }
       else {
@@ -3994,15 +4372,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_yS_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_yS_d1 && s3 + 32 <= g_yS_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+          }
         }
       }
       else {
@@ -4230,15 +4618,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           float* const dst = t_s_f32_base + ((0) % 2) * 1024;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -4266,15 +4664,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 const int c = (tid % 8) * 4, r0 = tid / 8;
-                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
                 const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-                #pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                  const int r = r0 + u * 16, gr = s3 + r;
-                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 32 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    const int r = r0 + u * 16, gr = s3 + r;
+                    const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                  }
                 }
               }
               else {
@@ -4651,15 +5059,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -4680,15 +5098,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        }
       }
     }
     else {
@@ -4768,13 +5196,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -4812,15 +5248,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -4841,15 +5287,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -4922,9 +5378,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][(2 * p)] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][(2 * p + 1)] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -5034,15 +5494,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+          }
         }
       }
       else {
@@ -5063,15 +5533,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+          }
         }
       }
       else {
@@ -5112,15 +5592,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+              }
             }
           }
           else {
@@ -5141,15 +5631,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+              }
             }
           }
           else {
@@ -5169,13 +5669,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -5253,9 +5761,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * prt::to_f32(t_g_i[r]));
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * prt::to_f32(t_g_i[r]));
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -5592,15 +6104,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -5621,15 +6143,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -5658,13 +6190,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = 63 - j;
-        float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -5762,15 +6302,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+            }
           }
         }
         else {
@@ -5791,15 +6341,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+            }
           }
         }
         else {
@@ -5854,13 +6414,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -5932,9 +6500,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + prt::to_f32(t_ck[r])) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + prt::to_f32(t_ck[r])) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -6071,15 +6645,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 36 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                }
               }
             }
             else {
@@ -6100,15 +6684,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 36 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                }
               }
             }
             else {
@@ -6163,13 +6757,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 4) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 64; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[2];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -6257,9 +6859,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[r])) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * prt::to_f32(t_fk[r])) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * prt::to_f32(t_fk[r])) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -6313,9 +6919,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -6625,13 +7236,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -6692,15 +7311,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       float* const dst = t_fdy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_dY_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+          }
         }
       }
       else {
@@ -6790,15 +7419,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_dY_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+              }
             }
           }
           else {
@@ -6830,15 +7469,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         float* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 8; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+            }
           }
         }
         else {
@@ -6979,15 +7628,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
                 const int c = (tid % 8) * 4, r0 = tid / 8;
-                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
                 const long long rstep = static_cast<long long>(16) * g_dY_s1;
-                #pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                  const int r = r0 + u * 16, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 32 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    const int r = r0 + u * 16, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                  }
                 }
               }
               else {
@@ -7018,15 +7677,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
                 const int c = (tid % 8) * 4, r0 = tid / 8;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(16) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                  const int r = r0 + u * 16, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 36 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    const int r = r0 + u * 16, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                  }
                 }
               }
               else {
@@ -7215,15 +7884,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_dY_s1;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+              }
             }
           }
           else {
@@ -7255,15 +7934,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         float* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 4) * 4, r0 = tid / 4;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(32) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 32, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 20 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 640, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+            }
           }
         }
         else {
@@ -7406,15 +8095,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
                 const int c = (tid % 8) * 4, r0 = tid / 8;
-                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
                 const long long rstep = static_cast<long long>(16) * g_dY_s1;
-                #pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                  const int r = r0 + u * 16, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 32 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    const int r = r0 + u * 16, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                  }
                 }
               }
               else {
@@ -7445,15 +8144,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
                 const int c = (tid % 4) * 4, r0 = tid / 4;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(32) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                  const int r = r0 + u * 32, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 20 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    prt::cp_async_16(d0 + u * 640, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    const int r = r0 + u * 32, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                  }
                 }
               }
               else {
@@ -7832,15 +8541,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_s_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          }
         }
       }
       else {
@@ -7885,15 +8604,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_ds_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_dSin_s3;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 32 <= g_dSin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+          }
         }
       }
       else {
@@ -7957,15 +8686,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -8011,15 +8750,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_dSin_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 32 <= g_dSin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+              }
             }
           }
           else {
@@ -8411,13 +9160,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -8432,15 +9189,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -8461,15 +9228,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -8608,15 +9385,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_ddS_s3;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 32 <= g_ddS_d3 && s4 + 32 <= g_ddS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+          }
         }
       }
       else {
@@ -8644,15 +9431,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_ddS_s3;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 32 <= g_ddS_d3 && s4 + 32 <= g_ddS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+              }
             }
           }
           else {
@@ -9520,13 +10317,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
       // suffix = cumsum(dlam, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_suffix[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_suffix[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -9706,13 +10511,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -9734,15 +10547,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 1; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 16 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -9808,15 +10631,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
       float* const dst = t_s_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
         const long long rstep = static_cast<long long>(16) * g_S_s2;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s2 + r;
-          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+        const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 32 <= g_S_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s2 + r;
+            const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+          }
         }
       }
       else {
@@ -9865,15 +10698,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
             const long long rstep = static_cast<long long>(16) * g_S_s2;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s2 + r;
-              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+            const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 32 <= g_S_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s2 + r;
+                const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+              }
             }
           }
           else {
@@ -9957,9 +10800,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_z = prt::lds_f32x2(&t_z[c]);
+              const float y0 = (f_den_parts[j][q][(2 * p)] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * cv_z.x));
+              const float y1 = (f_den_parts[j][q][(2 * p + 1)] + (prt::to_f32(t_phi[(r) * 68 + (c + 1)]) * cv_z.y));
+              f_den_parts[j][q][2 * p] = y0;
+              f_den_parts[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -10034,15 +10881,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Kc + base + static_cast<long long>(r0) * g_Kc_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_Kc_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Kc_d1 && s3 + 32 <= g_Kc_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
+          }
         }
       }
       else {
@@ -10069,15 +10926,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
           float* const dst = t_k_base + ((((v_i1 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Kc + base + static_cast<long long>(r0) * g_Kc_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_Kc_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Kc_d1 && s3 + 32 <= g_Kc_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
+              }
             }
           }
           else {
@@ -10103,15 +10970,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
         float* const dst = t_v;
         if (prt::aligned16(g_Vc) && base % 4 == 0 && g_Vc_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Vc_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Vc + base + static_cast<long long>(r0) * g_Vc_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Vc_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Vc_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Vc), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Vc_d1 && s3 + 32 <= g_Vc_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Vc_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Vc_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Vc), n * 4);
+            }
           }
         }
         else {
@@ -10135,13 +11012,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c128_f32
       // v_bad = cumsum(v_bad, axis=0)
       {
         for (int o = warp; o < 32; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<float>(run[u] + before);
           }
         }
       }

@@ -135,15 +135,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -172,13 +182,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -237,15 +255,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -266,15 +294,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -329,9 +367,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -460,13 +502,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
   // v_bad = cumsum(v_bad, axis=0)
   {
     for (int o = warp; o < 32; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
       }
     }
   }
@@ -528,15 +578,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+          }
         }
       }
       else {
@@ -557,15 +617,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+          }
         }
       }
       else {
@@ -606,15 +676,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+              }
             }
           }
           else {
@@ -636,15 +716,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+              }
             }
           }
           else {
@@ -703,13 +793,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -731,9 +829,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -1084,15 +1186,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -1121,13 +1233,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -1186,15 +1306,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -1215,15 +1345,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -1278,9 +1418,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -1409,13 +1553,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
   // v_bad = cumsum(v_bad, axis=0)
   {
     for (int o = warp; o < 32; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
       }
     }
   }
@@ -1477,15 +1629,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+          }
         }
       }
       else {
@@ -1506,15 +1668,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+          }
         }
       }
       else {
@@ -1555,15 +1727,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+              }
             }
           }
           else {
@@ -1585,15 +1767,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+              }
             }
           }
           else {
@@ -1652,13 +1844,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -1680,9 +1880,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -2054,13 +2258,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -2075,15 +2287,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 32 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -2104,15 +2326,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     float* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -2287,15 +2519,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_p2_d32_e32_c6
     float* const dst = t_k1;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 4, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 16 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 20 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 640, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -2670,15 +2912,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       float* const dst = t_ds_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_dS_s3;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 32 <= g_dS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+          }
         }
       }
       else {
@@ -2743,15 +2995,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_dS_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 32 <= g_dS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+              }
             }
           }
           else {
@@ -2834,13 +3096,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d32_e
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -3094,13 +3364,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -3133,15 +3411,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       float* const dst = t_q0;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          }
         }
       }
       else {
@@ -3262,15 +3550,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         float* const dst = t_s0_f32_base + ((0) % 2) * 1024;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 16, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 32 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -3298,15 +3596,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 2; ++u) {
-                const int r = r0 + u * 16, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 32 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int r = r0 + u * 16, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -3386,15 +3694,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
       float* const dst = t_q1;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 4) * 4, r0 = tid / 4;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 20 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 640, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          }
         }
       }
       else {
@@ -3419,15 +3737,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
         float* const dst = t_s1_f32_base + ((0) % 2) * 512;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 1; ++u) {
-            const int r = r0 + u * 16, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 16 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 32 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              const int r = r0 + u * 16, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -3455,15 +3783,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d32_e32_c64
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 512;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 1; ++u) {
-                const int r = r0 + u * 16, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 16 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 32 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 1; ++u) {
+                  prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 1; ++u) {
+                  const int r = r0 + u * 16, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -3945,15 +4283,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -3974,15 +4322,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        }
       }
     }
     else {
@@ -4036,13 +4394,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -4076,15 +4442,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -4105,15 +4481,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -4186,9 +4572,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          f_p[j][q][2 * p] = y0;
+          f_p[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -4303,15 +4693,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+          }
         }
       }
       else {
@@ -4332,15 +4732,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+          }
         }
       }
       else {
@@ -4380,15 +4790,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+              }
             }
           }
           else {
@@ -4409,15 +4829,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+              }
             }
           }
           else {
@@ -4437,13 +4867,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -4521,9 +4959,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d32_
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * prt::to_f32(t_g_i[r]));
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * prt::to_f32(t_g_i[r]));
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -4878,13 +5320,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
     // lam = cumsum(g, axis=0)
     {
       for (int o = warp; o < 1; o += 4) {
-        float carry = 0.0f;
-        for (int j0 = 0; j0 < 64; j0 += 32) {
-          const int j = j0 + lane, i = j;
-          float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-          v = prt::warp_inclusive_sum(v, lane) + carry;
-          if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-          carry = __shfl_sync(0xffffffffu, v, 31);
+        float run[2];
+        float total = 0.0f;
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int j = lane * 2 + u, i = j;
+          total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+          run[u] = total;
+        }
+        const float incl = prt::warp_inclusive_sum(total, lane);
+        const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+        const float before = lane == 0 ? 0.0f : up;
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int j = lane * 2 + u, i = j;
+          if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
         }
       }
     }
@@ -4899,15 +5349,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       float* const dst = t_dy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_dY_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+          }
         }
       }
       else {
@@ -4928,15 +5388,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       float* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          }
         }
       }
       else {
@@ -4957,15 +5427,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       float* const dst = t_dy_row;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_dY_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+          }
         }
       }
       else {
@@ -4986,15 +5466,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_yS_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_yS_d1 && s3 + 32 <= g_yS_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+          }
         }
       }
       else {
@@ -5222,15 +5712,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
           float* const dst = t_s_f32_base + ((0) % 2) * 1024;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -5258,15 +5758,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 const int c = (tid % 8) * 4, r0 = tid / 8;
-                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
                 const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-                #pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                  const int r = r0 + u * 16, gr = s3 + r;
-                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 32 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    const int r = r0 + u * 16, gr = s3 + r;
+                    const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                  }
                 }
               }
               else {
@@ -5643,15 +6153,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -5672,15 +6192,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        }
       }
     }
     else {
@@ -5760,13 +6290,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -5804,15 +6342,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -5833,15 +6381,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -5914,9 +6472,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][(2 * p)] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][(2 * p + 1)] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -6026,15 +6588,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+          }
         }
       }
       else {
@@ -6055,15 +6627,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+          }
         }
       }
       else {
@@ -6104,15 +6686,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+              }
             }
           }
           else {
@@ -6133,15 +6725,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+              }
             }
           }
           else {
@@ -6161,13 +6763,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -6245,9 +6855,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * prt::to_f32(t_g_i[r]));
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * prt::to_f32(t_g_i[r]));
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -6584,15 +7198,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -6613,15 +7237,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -6650,13 +7284,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = 63 - j;
-        float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -6754,15 +7396,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+            }
           }
         }
         else {
@@ -6783,15 +7435,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+            }
           }
         }
         else {
@@ -6846,13 +7508,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -6924,9 +7594,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + prt::to_f32(t_ck[r])) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + prt::to_f32(t_ck[r])) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -7063,15 +7739,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 36 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                }
               }
             }
             else {
@@ -7092,15 +7778,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 36 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                }
               }
             }
             else {
@@ -7155,13 +7851,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 4) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 64; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[2];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -7249,9 +7953,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[r])) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * prt::to_f32(t_fk[r])) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * prt::to_f32(t_fk[r])) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -7305,9 +8013,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -7617,13 +8330,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -7684,15 +8405,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
       float* const dst = t_fdy;
       if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_dY_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+          }
         }
       }
       else {
@@ -7782,15 +8513,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_dY_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+              }
             }
           }
           else {
@@ -7822,15 +8563,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         float* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+            }
           }
         }
         else {
@@ -7971,15 +8722,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
                 const int c = (tid % 8) * 4, r0 = tid / 8;
-                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
                 const long long rstep = static_cast<long long>(16) * g_dY_s1;
-                #pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                  const int r = r0 + u * 16, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 32 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    const int r = r0 + u * 16, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                  }
                 }
               }
               else {
@@ -8010,15 +8771,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
                 const int c = (tid % 8) * 4, r0 = tid / 8;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(16) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                  const int r = r0 + u * 16, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 36 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    const int r = r0 + u * 16, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                  }
                 }
               }
               else {
@@ -8207,15 +8978,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
           float* const dst = t_fdy;
           if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_dY_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+              }
             }
           }
           else {
@@ -8247,15 +9028,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
         float* const dst = t_q1;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 4) * 4, r0 = tid / 4;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(32) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 32, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 20 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 640, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+            }
           }
         }
         else {
@@ -8398,15 +9189,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_fdy;
               if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
                 const int c = (tid % 8) * 4, r0 = tid / 8;
-                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
                 const long long rstep = static_cast<long long>(16) * g_dY_s1;
-                #pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                  const int r = r0 + u * 16, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 32 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 4; ++u) {
+                    const int r = r0 + u * 16, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                  }
                 }
               }
               else {
@@ -8437,15 +9238,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_ds_p2_d32_
               float* const dst = t_q1;
               if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
                 const int c = (tid % 4) * 4, r0 = tid / 4;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(32) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                  const int r = r0 + u * 32, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 16 <= g_Q_d3;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 20 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    prt::cp_async_16(d0 + u * 640, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    const int r = r0 + u * 32, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 20 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                  }
                 }
               }
               else {
@@ -8824,15 +9635,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_s_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          }
         }
       }
       else {
@@ -8877,15 +9698,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_ds_in_base + ((0) % 2) * 2048;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_dSin_s3;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 32 <= g_dSin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+          }
         }
       }
       else {
@@ -8949,15 +9780,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 32 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -9003,15 +9844,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 2048;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_dSin_s3;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 32 <= g_dSin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+              }
             }
           }
           else {
@@ -9403,13 +10254,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -9424,15 +10283,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -9453,15 +10322,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -9600,15 +10479,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
       float* const dst = t_u_f32_base + ((0) % 2) * 1024;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
         const long long rstep = static_cast<long long>(16) * g_ddS_s3;
-        #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int r = r0 + u * 16, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 32 <= g_ddS_d3 && s4 + 32 <= g_ddS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 32 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int r = r0 + u * 16, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+          }
         }
       }
       else {
@@ -9636,15 +10525,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d32_e3
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 1024;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
             const long long rstep = static_cast<long long>(16) * g_ddS_s3;
-            #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const int r = r0 + u * 16, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 32 <= g_ddS_d3 && s4 + 32 <= g_ddS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 32 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int r = r0 + u * 16, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+              }
             }
           }
           else {
@@ -10512,13 +11411,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d32_e32_c
       // suffix = cumsum(dlam, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_suffix[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_suffix[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -10614,15 +11521,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     float* const dst = t_y;
     if (prt::aligned16(g_yF) && base % 4 == 0 && g_yF_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_yF_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_yF + base + static_cast<long long>(r0) * g_yF_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_yF_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_yF_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yF), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_yF_d1 && s3 + 32 <= g_yF_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 32 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_yF_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_yF_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yF), n * 4);
+        }
       }
     }
     else {
@@ -10643,15 +11560,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 32 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        }
       }
     }
     else {
@@ -10849,15 +11776,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -10878,15 +11815,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     float* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+        }
       }
     }
     else {
@@ -10966,13 +11913,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -11010,15 +11965,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -11039,15 +12004,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -11120,9 +12095,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][(2 * p)] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (f_W[j][q][(2 * p + 1)] - prt::to_f32(t_Dy_i[r]))) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -11232,15 +12211,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+          }
         }
       }
       else {
@@ -11261,15 +12250,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       float* const dst = t_v_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+          }
         }
       }
       else {
@@ -11310,15 +12309,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           float* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+              }
             }
           }
           else {
@@ -11339,15 +12348,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           float* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+              }
             }
           }
           else {
@@ -11367,13 +12386,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -11451,9 +12478,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * prt::to_f32(t_g_i[r]));
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * prt::to_f32(t_g_i[r]));
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -11790,15 +12821,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     float* const dst = t_k;
     if (prt::aligned16(g_K) && base % 4 == 0 && g_K_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 4);
+        }
       }
     }
     else {
@@ -11819,15 +12860,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     float* const dst = t_v;
     if (prt::aligned16(g_V) && base % 4 == 0 && g_V_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 32 <= g_V_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 4);
+        }
       }
     }
     else {
@@ -11856,13 +12907,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = 63 - j;
-        float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -11960,15 +13019,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         float* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+            }
           }
         }
         else {
@@ -11989,15 +13058,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         float* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+            }
           }
         }
         else {
@@ -12052,13 +13131,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -12130,9 +13217,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + prt::to_f32(t_ck[r])) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + prt::to_f32(t_ck[r])) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -12269,15 +13362,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             float* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 36 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+                }
               }
             }
             else {
@@ -12298,15 +13401,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             float* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 4 == 0 && g_dY_s1 % 4 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 4, r0 = tid / 8;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 32 <= g_dY_d3;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 36 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 4);
+                }
               }
             }
             else {
@@ -12361,13 +13474,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 4) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 64; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[2];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -12455,9 +13576,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[r])) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * prt::to_f32(t_fk[r])) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * prt::to_f32(t_fk[r])) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -12511,9 +13636,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
               #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -12751,13 +13881,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d32_e32_c6
       // suffix = cumsum(dlam, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 256; j0 += 32) {
-            const int j = j0 + lane, i = 255 - j;
-            float v = j < 256 ? prt::to_f32(t_dlam[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 256) t_suffix[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[8];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int j = lane * 8 + u, i = 255 - j;
+            total += j < 256 ? prt::to_f32(t_dlam[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int j = lane * 8 + u, i = 255 - j;
+            if (j < 256) t_suffix[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -12937,13 +14075,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -12965,15 +14111,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
     float* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 4 == 0 && g_Q_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 4, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 1; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 16 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 36 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 4);
+        }
       }
     }
     else {
@@ -13039,15 +14195,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
       float* const dst = t_s_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
         const long long rstep = static_cast<long long>(16) * g_S_s2;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s2 + r;
-          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+        const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 32 <= g_S_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s2 + r;
+            const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+          }
         }
       }
       else {
@@ -13096,15 +14262,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
             const long long rstep = static_cast<long long>(16) * g_S_s2;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s2 + r;
-              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+            const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 32 <= g_S_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s2 + r;
+                const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+              }
             }
           }
           else {
@@ -13188,9 +14364,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_z = prt::lds_f32x2(&t_z[c]);
+              const float y0 = (f_den_parts[j][q][(2 * p)] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * cv_z.x));
+              const float y1 = (f_den_parts[j][q][(2 * p + 1)] + (prt::to_f32(t_phi[(r) * 68 + (c + 1)]) * cv_z.y));
+              f_den_parts[j][q][2 * p] = y0;
+              f_den_parts[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -13266,15 +14446,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
       float* const dst = t_k_base + ((0) % 2) * 2304;
       if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 4, r0 = tid / 8;
-        const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Kc + base + static_cast<long long>(r0) * g_Kc_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_Kc_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Kc_d1 && s3 + 32 <= g_Kc_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 36 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
+          }
         }
       }
       else {
@@ -13301,15 +14491,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
           float* const dst = t_k_base + ((((v_i1 + 1) % 2)) % 2) * 2304;
           if (prt::aligned16(g_Kc) && base % 4 == 0 && g_Kc_s1 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 4, r0 = tid / 8;
-            const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Kc + base + static_cast<long long>(r0) * g_Kc_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_Kc_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Kc_d1 && s3 + 32 <= g_Kc_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 36 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Kc_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_Kc_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Kc), n * 4);
+              }
             }
           }
           else {
@@ -13335,15 +14535,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
         float* const dst = t_v;
         if (prt::aligned16(g_Vc) && base % 4 == 0 && g_Vc_s1 % 4 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 4, r0 = tid / 8;
-          const long long cols = ok ? g_Vc_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Vc + base + static_cast<long long>(r0) * g_Vc_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Vc_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Vc_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Vc), n * 4);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Vc_d1 && s3 + 32 <= g_Vc_d3;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 36 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 576, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Vc_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Vc_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 36 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Vc), n * 4);
+            }
           }
         }
         else {
@@ -13367,13 +14577,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d32_e32_c64_f32_
       // v_bad = cumsum(v_bad, axis=0)
       {
         for (int o = warp; o < 32; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<float>(run[u] + before);
           }
         }
       }

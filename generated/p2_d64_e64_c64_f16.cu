@@ -135,15 +135,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -173,13 +183,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -247,15 +265,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -276,15 +304,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -334,9 +372,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -569,15 +611,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       __half* const dst = t_k_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -598,15 +650,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       __half* const dst = t_v_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -646,15 +708,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -677,15 +749,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -735,13 +817,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -767,9 +857,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -1156,15 +1250,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -1193,13 +1297,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -1266,15 +1378,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -1295,15 +1417,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -1365,9 +1497,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -1599,15 +1735,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       __half* const dst = t_k_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -1628,15 +1774,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       __half* const dst = t_v_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -1677,15 +1833,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -1707,15 +1873,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -1781,13 +1957,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -1809,9 +1993,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -2216,15 +2404,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -2254,13 +2452,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -2328,15 +2534,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -2357,15 +2573,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -2415,9 +2641,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       #pragma unroll
       for (int q = 0; q < 16; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -2570,13 +2800,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   // v_bad = cumsum(v_bad, axis=0)
   {
     for (int o = warp; o < 64; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_v_bad[(i) * 64 + (o)]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_v_bad[(i) * 64 + (o)] = prt::from_f32<__nv_bfloat16>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_v_bad[(i) * 64 + (o)]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_v_bad[(i) * 64 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
       }
     }
   }
@@ -2654,15 +2892,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       __half* const dst = t_k_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -2683,15 +2931,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       __half* const dst = t_v_base + ((0) % 2) * 8192;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -2733,15 +2991,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -2764,15 +3032,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 8192;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -2824,13 +3102,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 8) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[4];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = 127 - j;
+            total += j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = 127 - j;
+            if (j < 128) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -2856,9 +3142,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           #pragma unroll
           for (int q = 0; q < 16; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -3284,15 +3574,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -3321,13 +3621,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -3394,15 +3702,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -3423,15 +3741,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -3493,9 +3821,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       #pragma unroll
       for (int q = 0; q < 16; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_w[j][q][e] = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) : __int_as_float(0xff800000));
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = ((c <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) : __int_as_float(0xff800000));
+          const float y1 = ((c + 1 <= r) ? (((prt::log(fabsf((f_w[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) : __int_as_float(0xff800000));
+          f_w[j][q][2 * p] = y0;
+          f_w[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -3646,13 +3978,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   // v_bad = cumsum(v_bad, axis=0)
   {
     for (int o = warp; o < 64; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 128; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 128 ? prt::to_f32(t_v_bad[(i) * 64 + (o)]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 128) t_v_bad[(i) * 64 + (o)] = prt::from_f32<__nv_bfloat16>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[4];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        total += j < 128 ? prt::to_f32(t_v_bad[(i) * 64 + (o)]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = lane * 4 + u, i = j;
+        if (j < 128) t_v_bad[(i) * 64 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
       }
     }
   }
@@ -3729,15 +4069,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       __half* const dst = t_k_base + ((0) % 2) * 9216;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -3758,15 +4108,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       __half* const dst = t_v_base + ((0) % 2) * 9216;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(32) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 32, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 32, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -3807,15 +4167,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -3837,15 +4207,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 9216;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(32) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 32, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 128 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 32, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -3911,13 +4291,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 8) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 128; j0 += 32) {
-            const int j = j0 + lane, i = 127 - j;
-            float v = j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 128) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[4];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = 127 - j;
+            total += j < 128 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = 127 - j;
+            if (j < 128) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -3939,9 +4327,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           #pragma unroll
           for (int q = 0; q < 16; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_w[j][q][e] = (fabsf(f_w[j][q][e]) * prt::to_f32(t_fk[c]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (fabsf(f_w[j][q][(2 * p)]) * cv_fk.x);
+              const float y1 = (fabsf(f_w[j][q][(2 * p + 1)]) * cv_fk.y);
+              f_w[j][q][2 * p] = y0;
+              f_w[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -4381,13 +4773,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -4402,15 +4802,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -4431,15 +4841,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     __half* const dst = t_k0;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(32) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int r = r0 + u * 32, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          prt::cp_async_16(d0 + u * 2304, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + u * 32, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -4899,15 +5319,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_update_state_p2_d64_e64_c6
     __half* const dst = t_k2;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 4) * 8, r0 = tid / 4;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(64) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 1; ++u) {
-        const int r = r0 + u * 64, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 32 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 40 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          prt::cp_async_16(d0 + u * 2560, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          const int r = r0 + u * 64, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 40 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -5559,15 +5989,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       float* const dst = t_ds_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 16) * 4, r0 = tid / 16;
-        const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
         const long long rstep = static_cast<long long>(8) * g_dS_s3;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 64 <= g_dS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 64 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+          }
         }
       }
       else {
@@ -5632,15 +6072,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
           float* const dst = t_ds_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_dS) && base % 4 == 0 && g_dS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 16) * 4, r0 = tid / 16;
-            const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dS + base + static_cast<long long>(r0) * g_dS_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_dS_s3;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dS_d3 && s4 + 64 <= g_dS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 64 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dS), n * 4);
+              }
             }
           }
           else {
@@ -5723,13 +6173,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_p2_d64_e
       // lam = cumsum(g, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -6005,13 +6463,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -6199,15 +6665,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         float* const dst = t_s0_f32_base + ((0) % 2) * 4352;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 16) * 4, r0 = tid / 16;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 8; ++u) {
-            const int r = r0 + u * 8, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 68 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 8; ++u) {
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -6235,15 +6711,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             float* const dst = t_s0_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 16) * 4, r0 = tid / 16;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 8; ++u) {
-                const int r = r0 + u * 8, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 68 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                  const int r = r0 + u * 8, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -6374,15 +6860,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         float* const dst = t_s1_f32_base + ((0) % 2) * 3264;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 16) * 4, r0 = tid / 16;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 6; ++u) {
-            const int r = r0 + u * 8, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 48 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 68 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 6; ++u) {
+              prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 6; ++u) {
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -6410,15 +6906,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             float* const dst = t_s1_f32_base + (((((v_i1 - 16) + 1) % 2)) % 2) * 3264;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 16) * 4, r0 = tid / 16;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 6; ++u) {
-                const int r = r0 + u * 8, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 48 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 68 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 6; ++u) {
+                  prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 6; ++u) {
+                  const int r = r0 + u * 8, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -6549,15 +7055,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         float* const dst = t_s2_f32_base + ((0) % 2) * 2176;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 16) * 4, r0 = tid / 16;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 8, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 68 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -6585,15 +7101,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             float* const dst = t_s2_f32_base + (((((v_i2 - 32) + 1) % 2)) % 2) * 2176;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 16) * 4, r0 = tid / 16;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 8, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 32 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 68 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 8, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -6724,15 +7250,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
         float* const dst = t_s3_f32_base + ((0) % 2) * 1088;
         if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
           const int c = (tid % 16) * 4, r0 = tid / 16;
-          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
           const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
           const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 8, gr = s3 + r;
-            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          const bool whole = ok && s3 >= 0 && s3 + 16 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+          if (whole) {
+            float* const d0 = &dst[(r0) * 68 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 8, gr = s3 + r;
+              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            }
           }
         }
         else {
@@ -6760,15 +7296,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_p2_d64_e64_c64
             float* const dst = t_s3_f32_base + (((((v_i3 - 48) + 1) % 2)) % 2) * 1088;
             if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
               const int c = (tid % 16) * 4, r0 = tid / 16;
-              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
               const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
               const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-              #pragma unroll
-              for (int u = 0; u < 2; ++u) {
-                const int r = r0 + u * 8, gr = s3 + r;
-                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              const bool whole = ok && s3 >= 0 && s3 + 16 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+              if (whole) {
+                float* const d0 = &dst[(r0) * 68 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 2; ++u) {
+                  const int r = r0 + u * 8, gr = s3 + r;
+                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                }
               }
             }
             else {
@@ -7206,15 +7752,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -7235,15 +7791,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -7322,13 +7888,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -7371,15 +7945,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -7400,15 +7984,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -7464,9 +8058,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_p[j][q][2 * p] = y0;
+          f_p[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -7587,15 +8185,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       __half* const dst = t_k_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -7616,15 +8224,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       __half* const dst = t_v_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -7666,15 +8284,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -7695,15 +8323,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -7724,13 +8362,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -7792,9 +8438,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -8090,15 +8740,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -8119,15 +8779,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -8181,13 +8851,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -8221,15 +8899,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -8250,15 +8938,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -8345,9 +9043,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       #pragma unroll
       for (int q = 0; q < 4; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_p[j][q][e] = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - prt::to_f32(t_lse_i[r]))) : 0.0f);
+          f_p[j][q][2 * p] = y0;
+          f_p[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -8462,15 +9164,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       __half* const dst = t_k_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -8491,15 +9203,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       __half* const dst = t_v_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -8539,15 +9261,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -8568,15 +9300,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -8596,13 +9338,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -8694,9 +9444,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_p2_d64_
           #pragma unroll
           for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * prt::to_f32(t_g_i[r]));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * prt::to_f32(t_g_i[r]));
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * prt::to_f32(t_g_i[r]));
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -9058,13 +9812,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
     // lam = cumsum(g, axis=0)
     {
       for (int o = warp; o < 1; o += 4) {
-        float carry = 0.0f;
-        for (int j0 = 0; j0 < 64; j0 += 32) {
-          const int j = j0 + lane, i = j;
-          float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-          v = prt::warp_inclusive_sum(v, lane) + carry;
-          if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-          carry = __shfl_sync(0xffffffffu, v, 31);
+        float run[2];
+        float total = 0.0f;
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int j = lane * 2 + u, i = j;
+          total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+          run[u] = total;
+        }
+        const float incl = prt::warp_inclusive_sum(total, lane);
+        const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+        const float before = lane == 0 ? 0.0f : up;
+        #pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int j = lane * 2 + u, i = j;
+          if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
         }
       }
     }
@@ -9101,15 +9863,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       __half* const dst = t_q;
       if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_Q_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          }
         }
       }
       else {
@@ -9146,15 +9918,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
       float* const dst = t_y_s;
       if (prt::aligned16(g_yS) && base % 4 == 0 && g_yS_s1 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 4, r0 = tid / 16;
-        const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_yS + base + static_cast<long long>(r0) * g_yS_s1 + c;
         const long long rstep = static_cast<long long>(8) * g_yS_s1;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_yS_d1 && s3 + 64 <= g_yS_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 64 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_yS_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_yS_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yS), n * 4);
+          }
         }
       }
       else {
@@ -9421,15 +10203,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
           float* const dst = t_s_f32_base + ((0) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 16) * 4, r0 = tid / 16;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 64 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -9457,15 +10249,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
               float* const dst = t_s_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
               if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
                 const int c = (tid % 16) * 4, r0 = tid / 16;
-                const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
                 const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
                 const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-                #pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                  const int r = r0 + u * 8, gr = s3 + r;
-                  const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+                if (whole) {
+                  float* const d0 = &dst[(r0) * 64 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 8; ++u) {
+                    const int r = r0 + u * 8, gr = s3 + r;
+                    const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+                  }
                 }
               }
               else {
@@ -9851,15 +10653,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -9880,15 +10692,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -9989,13 +10811,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -10052,15 +10882,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -10081,15 +10921,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -10145,9 +10995,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p)] - f_Dy_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p + 1)] - f_Dy_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -10267,15 +11121,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       __half* const dst = t_k_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -10296,15 +11160,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       __half* const dst = t_v_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -10346,15 +11220,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -10375,15 +11259,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -10404,13 +11298,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -10472,9 +11374,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -10510,8 +11416,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
-              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * cv_fk.x) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * cv_fk.y) * f_h_i[j][((2 * p + 1)) >> 1]);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -10791,15 +11698,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -10820,15 +11737,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -10928,13 +11855,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -10990,15 +11925,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -11019,15 +11964,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -11114,9 +12069,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p)] - f_Dy_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p + 1)] - f_Dy_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -11234,15 +12193,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       __half* const dst = t_k_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -11263,15 +12232,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       __half* const dst = t_v_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -11312,15 +12291,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -11341,15 +12330,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -11369,13 +12368,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -11467,9 +12474,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -11503,8 +12514,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
-              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * cv_fk.x) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * cv_fk.y) * f_h_i[j][((2 * p + 1)) >> 1]);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -11822,15 +12834,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -11851,15 +12873,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -11889,13 +12921,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = 63 - j;
-        float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -12012,15 +13052,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -12041,15 +13091,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+          if (whole) {
+            __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+            }
           }
         }
         else {
@@ -12107,13 +13167,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -12175,9 +13243,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -12201,8 +13275,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-              const float y1 = (((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f);
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -12250,8 +13326,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float y0 = ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+              const float y1 = ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -12333,15 +13410,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 8, r0 = tid / 8;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+              if (whole) {
+                __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                }
               }
             }
             else {
@@ -12362,15 +13449,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 8, r0 = tid / 8;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+              if (whole) {
+                __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+                }
               }
             }
             else {
@@ -12426,13 +13523,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 4) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 64; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[2];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -12520,9 +13625,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * f_fk[j][((2 * p)) >> 1]) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * f_fk[j][((2 * p + 1)) >> 1]) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -12588,9 +13697,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -12607,8 +13721,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
-                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  const float2 cv_h_i = prt::lds_f32x2(&t_h_i[c]);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * cv_h_i.x);
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * cv_h_i.y);
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -12944,15 +14059,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -12973,15 +14098,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -13010,13 +14145,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = 63 - j;
-        float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -13132,15 +14275,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 72 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -13161,15 +14314,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 72 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+            }
           }
         }
         else {
@@ -13225,13 +14388,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -13324,9 +14495,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -13350,8 +14527,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-              const float y1 = (((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f);
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -13408,8 +14587,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float y0 = ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+              const float y1 = ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -13490,15 +14670,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 8, r0 = tid / 8;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+              if (whole) {
+                __half* const d0 = &dst[(r0) * 72 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                }
               }
             }
             else {
@@ -13519,15 +14709,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 8, r0 = tid / 8;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+              if (whole) {
+                __half* const d0 = &dst[(r0) * 72 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+                }
               }
             }
             else {
@@ -13582,13 +14782,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 4) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 64; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[2];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -13706,9 +14914,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * f_fk[j][((2 * p)) >> 1]) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * f_fk[j][((2 * p + 1)) >> 1]) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -13781,9 +14993,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -13800,8 +15017,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
-                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  const float2 cv_h_i = prt::lds_f32x2(&t_h_i[c]);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * cv_h_i.x);
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * cv_h_i.y);
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -14137,13 +15355,21 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 8) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -14306,15 +15532,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         __half* const dst = t_q0;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(32) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int r = r0 + u * 32, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 64 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const int r = r0 + u * 32, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -14514,15 +15750,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               __half* const dst = t_q0;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
                 const int c = (tid % 8) * 8, r0 = tid / 8;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(32) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 2; ++u) {
-                  const int r = r0 + u * 32, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+                if (whole) {
+                  __half* const d0 = &dst[(r0) * 64 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 2; ++u) {
+                    const int r = r0 + u * 32, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                  }
                 }
               }
               else {
@@ -15229,15 +16475,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
         __half* const dst = t_q2;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 4) * 8, r0 = tid / 4;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(64) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 1; ++u) {
-            const int r = r0 + u * 64, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 32 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 1; ++u) {
+              const int r = r0 + u * 64, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -15443,15 +16699,25 @@ extern "C" __global__ void __launch_bounds__(256) prt_query_state_bwd_ds_p2_d64_
               __half* const dst = t_q2;
               if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
                 const int c = (tid % 4) * 8, r0 = tid / 4;
-                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
                 const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
                 const long long rstep = static_cast<long long>(64) * g_Q_s1;
-                #pragma unroll
-                for (int u = 0; u < 1; ++u) {
-                  const int r = r0 + u * 64, gr = s1 + r;
-                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                  prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 32 <= g_Q_d3;
+                if (whole) {
+                  __half* const d0 = &dst[(r0) * 32 + (c)];
+                  #pragma unroll
+                  for (int u = 0; u < 1; ++u) {
+                    prt::cp_async_16(d0 + u * 2048, src0 + u * rstep, 16);
+                  }
+                }
+                else {
+                  const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                  const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                  #pragma unroll
+                  for (int u = 0; u < 1; ++u) {
+                    const int r = r0 + u * 64, gr = s1 + r;
+                    const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                    prt::cp_async_16(&dst[(r) * 32 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                  }
                 }
               }
               else {
@@ -16321,15 +17587,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_s_in_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 16) * 4, r0 = tid / 16;
-        const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
         const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 64 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+          }
         }
       }
       else {
@@ -16374,15 +17650,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
       float* const dst = t_ds_in_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 16) * 4, r0 = tid / 16;
-        const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
         const long long rstep = static_cast<long long>(8) * g_dSin_s3;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 64 <= g_dSin_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 64 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+          }
         }
       }
       else {
@@ -16446,15 +17732,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_s_in_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_Sin) && base % 4 == 0 && g_Sin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 16) * 4, r0 = tid / 16;
-            const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_Sin + base + static_cast<long long>(r0) * g_Sin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_Sin_s3;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_Sin_d3 && s4 + 64 <= g_Sin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 64 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_Sin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_Sin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Sin), n * 4);
+              }
             }
           }
           else {
@@ -16500,15 +17796,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_discounted_cumsum_bwd_p2_d
           float* const dst = t_ds_in_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_dSin) && base % 4 == 0 && g_dSin_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 16) * 4, r0 = tid / 16;
-            const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_dSin + base + static_cast<long long>(r0) * g_dSin_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_dSin_s3;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_dSin_d3 && s4 + 64 <= g_dSin_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 64 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_dSin_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_dSin_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dSin), n * 4);
+              }
             }
           }
           else {
@@ -16913,13 +18219,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -16934,15 +18248,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 64 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -17154,15 +18478,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 16) * 4, r0 = tid / 16;
-        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
         const long long rstep = static_cast<long long>(8) * g_ddS_s3;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_ddS_d3 && s4 + 64 <= g_ddS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 64 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+          }
         }
       }
       else {
@@ -17190,15 +18524,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 16) * 4, r0 = tid / 16;
-            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_ddS_s3;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_ddS_d3 && s4 + 64 <= g_ddS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 64 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+              }
             }
           }
           else {
@@ -17689,13 +19033,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -17710,15 +19062,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 64 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -17923,15 +19285,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
       float* const dst = t_u_f32_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
         const int c = (tid % 16) * 4, r0 = tid / 16;
-        const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
         const long long rstep = static_cast<long long>(8) * g_ddS_s3;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s3 + r;
-          const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+        const bool whole = ok && s3 >= 0 && s3 + 64 <= g_ddS_d3 && s4 + 64 <= g_ddS_d4;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 64 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s3 + r;
+            const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+          }
         }
       }
       else {
@@ -17959,15 +19331,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d64_e6
           float* const dst = t_u_f32_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_ddS) && base % 4 == 0 && g_ddS_s3 % 4 == 0 && s4 >= 0) {
             const int c = (tid % 16) * 4, r0 = tid / 16;
-            const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_ddS + base + static_cast<long long>(r0) * g_ddS_s3 + c;
             const long long rstep = static_cast<long long>(8) * g_ddS_s3;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s3 + r;
-              const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+            const bool whole = ok && s3 >= 0 && s3 + 64 <= g_ddS_d3 && s4 + 64 <= g_ddS_d4;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 64 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_ddS_d4 - (s4 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s3 + r;
+                const int n = gr >= 0 && gr < g_ddS_d3 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_ddS), n * 4);
+              }
             }
           }
           else {
@@ -18935,13 +20317,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d64_e64_c
       // suffix = cumsum(dlam, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_suffix[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_dlam[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_suffix[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -19037,15 +20427,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
     float* const dst = t_y;
     if (prt::aligned16(g_yF) && base % 4 == 0 && g_yF_s1 % 4 == 0 && s3 >= 0) {
       const int c = (tid % 16) * 4, r0 = tid / 16;
-      const long long cols = ok ? g_yF_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
       const auto* src0 = g_yF + base + static_cast<long long>(r0) * g_yF_s1 + c;
       const long long rstep = static_cast<long long>(8) * g_yF_s1;
-      #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int r = r0 + u * 8, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_yF_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yF), n * 4);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_yF_d1 && s3 + 64 <= g_yF_d3;
+      if (whole) {
+        float* const d0 = &dst[(r0) * 64 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_yF_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int r = r0 + u * 8, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_yF_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 64 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_yF), n * 4);
+        }
       }
     }
     else {
@@ -19257,15 +20657,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -19286,15 +20696,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -19395,13 +20815,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -19458,15 +20886,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -19487,15 +20925,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -19551,9 +20999,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p)] - f_Dy_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p + 1)] - f_Dy_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -19673,15 +21125,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       __half* const dst = t_k_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -19702,15 +21164,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       __half* const dst = t_v_base + ((0) % 2) * 4096;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -19752,15 +21224,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -19781,15 +21263,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4096;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -19810,13 +21302,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -19878,9 +21378,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -19916,8 +21420,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
-              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * cv_fk.x) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * cv_fk.y) * f_h_i[j][((2 * p + 1)) >> 1]);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -20197,15 +21702,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -20226,15 +21741,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     __half* const dst = t_dy;
     if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_dY_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+        }
       }
     }
     else {
@@ -20334,13 +21859,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   // cq = cumsum(gq, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -20396,15 +21929,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -20425,15 +21968,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -20520,9 +22073,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       #pragma unroll
       for (int q = 0; q < 8; ++q) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_W[j][q][e] = (((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][(e) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - f_lse_i[j][(e) >> 1])) : 0.0f) * (f_W[j][q][e] - f_Dy_i[j][(e) >> 1])) : 0.0f);
+        for (int p = 0; p < 2; ++p) {
+          const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+          const float2 cv_ck = prt::lds_f32x2(&t_ck[c]);
+          const float y0 = (((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? ((((c <= r) && (f_lse_i[j][((2 * p)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.x) - f_lse_i[j][((2 * p)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p)] - f_Dy_i[j][((2 * p)) >> 1])) : 0.0f);
+          const float y1 = (((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? ((((c + 1 <= r) && (f_lse_i[j][((2 * p + 1)) >> 1] != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + cv_ck.y) - f_lse_i[j][((2 * p + 1)) >> 1])) : 0.0f) * (f_W[j][q][(2 * p + 1)] - f_Dy_i[j][((2 * p + 1)) >> 1])) : 0.0f);
+          f_W[j][q][2 * p] = y0;
+          f_W[j][q][2 * p + 1] = y1;
         }
       }
     }
@@ -20640,15 +22197,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       __half* const dst = t_k_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_K_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+          }
         }
       }
       else {
@@ -20669,15 +22236,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       __half* const dst = t_v_base + ((0) % 2) * 4608;
       if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
         const int c = (tid % 8) * 8, r0 = tid / 8;
-        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
         const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
         const long long rstep = static_cast<long long>(16) * g_V_s1;
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int r = r0 + u * 16, gr = s1 + r;
-          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+        if (whole) {
+          __half* const d0 = &dst[(r0) * 72 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int r = r0 + u * 16, gr = s1 + r;
+            const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+          }
         }
       }
       else {
@@ -20718,15 +22295,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           __half* const dst = t_k_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_K_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+              }
             }
           }
           else {
@@ -20747,15 +22334,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           __half* const dst = t_v_base + ((((v_i0 + 1) % 2)) % 2) * 4608;
           if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
             const int c = (tid % 8) * 8, r0 = tid / 8;
-            const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
             const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
             const long long rstep = static_cast<long long>(16) * g_V_s1;
-            #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              const int r = r0 + u * 16, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+            const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+            if (whole) {
+              __half* const d0 = &dst[(r0) * 72 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const int r = r0 + u * 16, gr = s1 + r;
+                const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+              }
             }
           }
           else {
@@ -20775,13 +22372,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       // sk = cumsum(gk, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = 63 - j;
-            float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = 63 - j;
+            if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -20873,9 +22478,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * prt::to_f32(t_fk[c])) * f_g_i[j][(e) >> 1]);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * cv_fk.x) * f_g_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * cv_fk.y) * f_g_i[j][((2 * p + 1)) >> 1]);
+              f_dot[j][q][2 * p] = y0;
+              f_dot[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -20909,8 +22518,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * prt::to_f32(t_fk[c])) * f_h_i[j][((2 * p)) >> 1]);
-              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * prt::to_f32(t_fk[c + 1])) * f_h_i[j][((2 * p + 1)) >> 1]);
+              const float2 cv_fk = prt::lds_f32x2(&t_fk[c]);
+              const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * cv_fk.x) * f_h_i[j][((2 * p)) >> 1]);
+              const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * cv_fk.y) * f_h_i[j][((2 * p + 1)) >> 1]);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -21228,15 +22838,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -21257,15 +22877,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -21295,13 +22925,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = 63 - j;
-        float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -21418,15 +23056,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -21447,15 +23095,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+          if (whole) {
+            __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+            }
           }
         }
         else {
@@ -21513,13 +23171,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -21581,9 +23247,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -21607,8 +23279,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-              const float y1 = (((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f);
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -21656,8 +23330,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float y0 = ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+              const float y1 = ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -21739,15 +23414,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 8, r0 = tid / 8;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+              if (whole) {
+                __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                }
               }
             }
             else {
@@ -21768,15 +23453,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 8, r0 = tid / 8;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+              if (whole) {
+                __half* const d0 = &dst[prt::swz<128>((r0) * 64 + (c))];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 1024, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[prt::swz<128>((r) * 64 + (c))], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+                }
               }
             }
             else {
@@ -21832,13 +23527,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 4) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 64; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[2];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -21926,9 +23629,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * f_fk[j][((2 * p)) >> 1]) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * f_fk[j][((2 * p + 1)) >> 1]) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -21994,9 +23701,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -22013,8 +23725,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
-                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  const float2 cv_h_i = prt::lds_f32x2(&t_h_i[c]);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * cv_h_i.x);
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * cv_h_i.y);
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -22350,15 +24063,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
     __half* const dst = t_k;
     if (prt::aligned16(g_K) && base % 8 == 0 && g_K_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_K + base + static_cast<long long>(r0) * g_K_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_K_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_K_d1 && s3 + 64 <= g_K_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_K_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_K_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_K), n * 2);
+        }
       }
     }
     else {
@@ -22379,15 +24102,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
     __half* const dst = t_v;
     if (prt::aligned16(g_V) && base % 8 == 0 && g_V_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_V + base + static_cast<long long>(r0) * g_V_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_V_s1;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 64 <= g_V_d1 && s3 + 64 <= g_V_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_V_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_V_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_V), n * 2);
+        }
       }
     }
     else {
@@ -22416,13 +24149,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   // sk = cumsum(gk, axis=0, reverse)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = 63 - j;
-        float v = j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_sk[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        total += j < 64 ? prt::to_f32(t_gk[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = 63 - j;
+        if (j < 64) t_sk[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -22538,15 +24279,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         __half* const dst = t_q;
         if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_Q_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 72 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+            }
           }
         }
         else {
@@ -22567,15 +24318,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         __half* const dst = t_dy;
         if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
           const int c = (tid % 8) * 8, r0 = tid / 8;
-          const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-          const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
           const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
           const long long rstep = static_cast<long long>(16) * g_dY_s1;
-          #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int r = r0 + u * 16, gr = s1 + r;
-            const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-            prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+          if (whole) {
+            __half* const d0 = &dst[(r0) * 72 + (c)];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+            }
+          }
+          else {
+            const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+            const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+              const int r = r0 + u * 16, gr = s1 + r;
+              const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+              prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+            }
           }
         }
         else {
@@ -22631,13 +24392,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
       // cq = cumsum(gq, axis=0)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 64; j0 += 32) {
-            const int j = j0 + lane, i = j;
-            float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -22730,9 +24499,15 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           #pragma unroll
           for (int q = 0; q < 8; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_W[j][q][e] = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][e] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][(e) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (f_W[j][q][e] - prt::to_f32(t_Dy_i[c]))) : 0.0f);
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f) * (f_W[j][q][(2 * p)] - cv_Dy_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f) * (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y)) : 0.0f);
+              f_W[j][q][2 * p] = y0;
+              f_W[j][q][2 * p + 1] = y1;
             }
           }
         }
@@ -22756,8 +24531,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = (((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + f_ck[j][((2 * p)) >> 1]) - prt::to_f32(t_lse_i[c]))) : 0.0f);
-              const float y1 = (((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + prt::to_f32(t_cq[c + 1])) + f_ck[j][((2 * p + 1)) >> 1]) - prt::to_f32(t_lse_i[c + 1]))) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float2 cv_cq = prt::lds_f32x2(&t_cq[c]);
+              const float y0 = (((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p)] * p_scale))) * 2.0f) + cv_cq.x) + f_ck[j][((2 * p)) >> 1]) - cv_lse_i.x)) : 0.0f);
+              const float y1 = (((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((f_dot[j][q][(2 * p + 1)] * p_scale))) * 2.0f) + cv_cq.y) + f_ck[j][((2 * p + 1)) >> 1]) - cv_lse_i.y)) : 0.0f);
               f_p[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -22814,8 +24591,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             #pragma unroll
             for (int p = 0; p < 2; ++p) {
               const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-              const float y0 = ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
-              const float y1 = ((((r <= c + 1) && (prt::to_f32(t_lse_i[c + 1]) != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
+              const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+              const float y0 = ((((r <= c) && (cv_lse_i.x != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p)] != 0.0f)) ? ((f_W[j][q][(2 * p)] * 2.0f) / f_dot[j][q][(2 * p)]) : 0.0f);
+              const float y1 = ((((r <= c + 1) && (cv_lse_i.y != __int_as_float(0xff800000))) && (f_dot[j][q][(2 * p + 1)] != 0.0f)) ? ((f_W[j][q][(2 * p + 1)] * 2.0f) / f_dot[j][q][(2 * p + 1)]) : 0.0f);
               f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
             }
           }
@@ -22896,15 +24674,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             __half* const dst = t_q;
             if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 8, r0 = tid / 8;
-              const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_Q_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+              if (whole) {
+                __half* const d0 = &dst[(r0) * 72 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+                }
               }
             }
             else {
@@ -22925,15 +24713,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             __half* const dst = t_dy;
             if (prt::aligned16(g_dY) && base % 8 == 0 && g_dY_s1 % 8 == 0 && s3 >= 0) {
               const int c = (tid % 8) * 8, r0 = tid / 8;
-              const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
-              const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
               const auto* src0 = g_dY + base + static_cast<long long>(r0) * g_dY_s1 + c;
               const long long rstep = static_cast<long long>(16) * g_dY_s1;
-              #pragma unroll
-              for (int u = 0; u < 4; ++u) {
-                const int r = r0 + u * 16, gr = s1 + r;
-                const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
-                prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+              const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dY_d1 && s3 + 64 <= g_dY_d3;
+              if (whole) {
+                __half* const d0 = &dst[(r0) * 72 + (c)];
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+                }
+              }
+              else {
+                const long long cols = ok ? g_dY_d3 - (s3 + c) : 0;
+                const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+                #pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                  const int r = r0 + u * 16, gr = s1 + r;
+                  const int n = gr >= 0 && gr < g_dY_d1 ? nc : 0;
+                  prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dY), n * 2);
+                }
               }
             }
             else {
@@ -22988,13 +24786,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           // cq = cumsum(gq, axis=0)
           {
             for (int o = warp; o < 1; o += 4) {
-              float carry = 0.0f;
-              for (int j0 = 0; j0 < 64; j0 += 32) {
-                const int j = j0 + lane, i = j;
-                float v = j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
-                v = prt::warp_inclusive_sum(v, lane) + carry;
-                if (j < 64) t_cq[i] = prt::from_f32<float>(v);
-                carry = __shfl_sync(0xffffffffu, v, 31);
+              float run[2];
+              float total = 0.0f;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                total += j < 64 ? prt::to_f32(t_gq[i]) : 0.0f;
+                run[u] = total;
+              }
+              const float incl = prt::warp_inclusive_sum(total, lane);
+              const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+              const float before = lane == 0 ? 0.0f : up;
+              #pragma unroll
+              for (int u = 0; u < 2; ++u) {
+                const int j = lane * 2 + u, i = j;
+                if (j < 64) t_cq[i] = prt::from_f32<float>(run[u] + before);
               }
             }
           }
@@ -23112,9 +24918,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_dot[j][q][e] = (((f_dot[j][q][e] * p_scale) * f_fk[j][(e) >> 1]) * prt::to_f32(t_g_i[c]));
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_g_i = prt::lds_f32x2(&t_g_i[c]);
+                  const float y0 = (((f_dot[j][q][(2 * p)] * p_scale) * f_fk[j][((2 * p)) >> 1]) * cv_g_i.x);
+                  const float y1 = (((f_dot[j][q][(2 * p + 1)] * p_scale) * f_fk[j][((2 * p + 1)) >> 1]) * cv_g_i.y);
+                  f_dot[j][q][2 * p] = y0;
+                  f_dot[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -23187,9 +24997,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
               #pragma unroll
               for (int q = 0; q < 8; ++q) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-                  f_W[j][q][e] = ((prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000)) ? (f_W[j][q][e] - prt::to_f32(t_Dy_i[c])) : 0.0f);
+                for (int p = 0; p < 2; ++p) {
+                  const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+                  const float2 cv_lse_i = prt::lds_f32x2(&t_lse_i[c]);
+                  const float2 cv_Dy_i = prt::lds_f32x2(&t_Dy_i[c]);
+                  const float y0 = ((cv_lse_i.x != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p)] - cv_Dy_i.x) : 0.0f);
+                  const float y1 = ((cv_lse_i.y != __int_as_float(0xff800000)) ? (f_W[j][q][(2 * p + 1)] - cv_Dy_i.y) : 0.0f);
+                  f_W[j][q][2 * p] = y0;
+                  f_W[j][q][2 * p + 1] = y1;
                 }
               }
             }
@@ -23206,8 +25021,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
                 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
                   const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
-                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * prt::to_f32(t_h_i[c]));
-                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * prt::to_f32(t_h_i[c + 1]));
+                  const float2 cv_h_i = prt::lds_f32x2(&t_h_i[c]);
+                  const float y0 = (((f_W[j][q][(2 * p)] * prt::powi<1>(f_dot[j][q][(2 * p)])) * f_fk[j][((2 * p)) >> 1]) * cv_h_i.x);
+                  const float y1 = (((f_W[j][q][(2 * p + 1)] * prt::powi<1>(f_dot[j][q][(2 * p + 1)])) * f_fk[j][((2 * p + 1)) >> 1]) * cv_h_i.y);
                   f_ds[j][q][p] = prt::pack2_rn<__half>(y0, y1);
                 }
               }
@@ -23441,13 +25257,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_gate_grads_y_p2_d64_e64_c6
       // suffix = cumsum(dlam, axis=0, reverse)
       {
         for (int o = warp; o < 1; o += 4) {
-          float carry = 0.0f;
-          for (int j0 = 0; j0 < 256; j0 += 32) {
-            const int j = j0 + lane, i = 255 - j;
-            float v = j < 256 ? prt::to_f32(t_dlam[i]) : 0.0f;
-            v = prt::warp_inclusive_sum(v, lane) + carry;
-            if (j < 256) t_suffix[i] = prt::from_f32<float>(v);
-            carry = __shfl_sync(0xffffffffu, v, 31);
+          float run[8];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int j = lane * 8 + u, i = 255 - j;
+            total += j < 256 ? prt::to_f32(t_dlam[i]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int j = lane * 8 + u, i = 255 - j;
+            if (j < 256) t_suffix[i] = prt::from_f32<float>(run[u] + before);
           }
         }
       }
@@ -23626,13 +25450,21 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f16_
   // lam = cumsum(g, axis=0)
   {
     for (int o = warp; o < 1; o += 4) {
-      float carry = 0.0f;
-      for (int j0 = 0; j0 < 64; j0 += 32) {
-        const int j = j0 + lane, i = j;
-        float v = j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
-        v = prt::warp_inclusive_sum(v, lane) + carry;
-        if (j < 64) t_lam[i] = prt::from_f32<float>(v);
-        carry = __shfl_sync(0xffffffffu, v, 31);
+      float run[2];
+      float total = 0.0f;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        total += j < 64 ? prt::to_f32(t_g[i]) : 0.0f;
+        run[u] = total;
+      }
+      const float incl = prt::warp_inclusive_sum(total, lane);
+      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+      const float before = lane == 0 ? 0.0f : up;
+      #pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = lane * 2 + u, i = j;
+        if (j < 64) t_lam[i] = prt::from_f32<float>(run[u] + before);
       }
     }
   }
@@ -23654,15 +25486,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f16_
     __half* const dst = t_q;
     if (prt::aligned16(g_Q) && base % 8 == 0 && g_Q_s1 % 8 == 0 && s3 >= 0) {
       const int c = (tid % 8) * 8, r0 = tid / 8;
-      const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
-      const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
       const auto* src0 = g_Q + base + static_cast<long long>(r0) * g_Q_s1 + c;
       const long long rstep = static_cast<long long>(16) * g_Q_s1;
-      #pragma unroll
-      for (int u = 0; u < 1; ++u) {
-        const int r = r0 + u * 16, gr = s1 + r;
-        const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
-        prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+      const bool whole = ok && s1 >= 0 && s1 + 16 <= g_Q_d1 && s3 + 64 <= g_Q_d3;
+      if (whole) {
+        __half* const d0 = &dst[(r0) * 72 + (c)];
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          prt::cp_async_16(d0 + u * 1152, src0 + u * rstep, 16);
+        }
+      }
+      else {
+        const long long cols = ok ? g_Q_d3 - (s3 + c) : 0;
+        const int nc = cols <= 0 ? 0 : cols >= 8 ? 8 : static_cast<int>(cols);
+        #pragma unroll
+        for (int u = 0; u < 1; ++u) {
+          const int r = r0 + u * 16, gr = s1 + r;
+          const int n = gr >= 0 && gr < g_Q_d1 ? nc : 0;
+          prt::cp_async_16(&dst[(r) * 72 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_Q), n * 2);
+        }
       }
     }
     else {
@@ -23728,15 +25570,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f16_
       float* const dst = t_s_base + ((0) % 2) * 4352;
       if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
         const int c = (tid % 16) * 4, r0 = tid / 16;
-        const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-        const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
         const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
         const long long rstep = static_cast<long long>(8) * g_S_s2;
-        #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const int r = r0 + u * 8, gr = s2 + r;
-          const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-          prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+        const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 64 <= g_S_d3;
+        if (whole) {
+          float* const d0 = &dst[(r0) * 68 + (c)];
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+          }
+        }
+        else {
+          const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+          const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int r = r0 + u * 8, gr = s2 + r;
+            const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+            prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+          }
         }
       }
       else {
@@ -23785,15 +25637,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f16_
           float* const dst = t_s_base + ((((v_i0 + 1) % 2)) % 2) * 4352;
           if (prt::aligned16(g_S) && base % 4 == 0 && g_S_s2 % 4 == 0 && s3 >= 0) {
             const int c = (tid % 16) * 4, r0 = tid / 16;
-            const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
             const auto* src0 = g_S + base + static_cast<long long>(r0) * g_S_s2 + c;
             const long long rstep = static_cast<long long>(8) * g_S_s2;
-            #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-              const int r = r0 + u * 8, gr = s2 + r;
-              const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+            const bool whole = ok && s2 >= 0 && s2 + 64 <= g_S_d2 && s3 + 64 <= g_S_d3;
+            if (whole) {
+              float* const d0 = &dst[(r0) * 68 + (c)];
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                prt::cp_async_16(d0 + u * 544, src0 + u * rstep, 16);
+              }
+            }
+            else {
+              const long long cols = ok ? g_S_d3 - (s3 + c) : 0;
+              const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
+              #pragma unroll
+              for (int u = 0; u < 8; ++u) {
+                const int r = r0 + u * 8, gr = s2 + r;
+                const int n = gr >= 0 && gr < g_S_d2 ? nc : 0;
+                prt::cp_async_16(&dst[(r) * 68 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_S), n * 4);
+              }
             }
           }
           else {
@@ -23877,9 +25739,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_decode_p2_d64_e64_c64_f16_
           #pragma unroll
           for (int q = 0; q < 2; ++q) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-              f_den_parts[j][q][e] = (f_den_parts[j][q][e] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * prt::to_f32(t_z[c])));
+            for (int p = 0; p < 2; ++p) {
+              const int r = m0 + prt::frag_row(lane, 2 * p), c = n0 + q * 8 + prt::frag_col(lane, 2 * p);
+              const float2 cv_z = prt::lds_f32x2(&t_z[c]);
+              const float y0 = (f_den_parts[j][q][(2 * p)] + (prt::to_f32(t_phi[(r) * 68 + (c)]) * cv_z.x));
+              const float y1 = (f_den_parts[j][q][(2 * p + 1)] + (prt::to_f32(t_phi[(r) * 68 + (c + 1)]) * cv_z.y));
+              f_den_parts[j][q][2 * p] = y0;
+              f_den_parts[j][q][2 * p + 1] = y1;
             }
           }
         }

@@ -76,6 +76,10 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 /** Wait until at most N committed groups of this thread are still in flight. */
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
+/** Two adjacent f32 of a shared vector (8-byte aligned) in one load: a fragment element pair's
+ * column factors. */
+__device__ __forceinline__ float2 lds_f32x2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+
 /** A 16-byte-aligned pointer test, for the uniform fast-path checks of async loads. */
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

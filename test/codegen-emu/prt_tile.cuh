@@ -28,6 +28,7 @@
 // ---- types ------------------------------------------------------------------------------------
 struct __half { uint16_t bits; };
 struct __nv_bfloat16 { uint16_t bits; };
+struct float2 { float x, y; };
 
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __int_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
@@ -378,6 +379,11 @@ template <int Size> void cp_async(void* smem, const void* gmem, int src_bytes) {
     std::exit(3);
   }
   emu::self().open.push_back({static_cast<unsigned char*>(smem), static_cast<const unsigned char*>(gmem), src_bytes, Size});
+}
+/** Two adjacent f32 in one 8-byte load: the address must be 8-byte aligned, as on the GPU. */
+inline float2 lds_f32x2(const float* p) {
+  if (reinterpret_cast<uintptr_t>(p) % 8) { std::fprintf(stderr, "emu: lds_f32x2 address not 8-byte aligned\n"); std::exit(3); }
+  return {p[0], p[1]};
 }
 inline void cp_async_16(void* smem, const void* gmem, int src_bytes) { cp_async<16>(smem, gmem, src_bytes); }
 inline void cp_async_4(void* smem, const void* gmem, int src_bytes) { cp_async<4>(smem, gmem, src_bytes); }
