@@ -13974,7 +13974,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 60816 bytes of dynamic shared memory
+  // sm_80: 44432 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -14114,27 +14114,27 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   float* const t_gk = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
   float* const t_sk = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 17664);  // f32[32] pitch 32
-  __half* const t_q = reinterpret_cast<__half*>(prt_base + 42880);  // f16[32, 128] pitch 136
-  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 34176);  // f16[32, 128] pitch 136
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 51584);  // f16[32, 128] pitch 136
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 60672);  // f32[32] pitch 32
+  __half* const t_q = reinterpret_cast<__half*>(prt_base + 26496);  // f16[32, 128] pitch 136
+  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 17792);  // f16[32, 128] pitch 136
+  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 35200);  // f16[32, 128] pitch 136
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 44288);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 60416);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 44032);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
   float f_ck[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 60800);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 44416);  // f32[1] pitch 1
   float f_dot[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_W[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   uint32_t f_p[1][4][2];  // f16[32, 32] as mma fragments, two per register: 32x32 in 16x32 units over 2 warps
   uint32_t f_ds[1][4][2];  // f16[32, 32] as mma fragments, two per register: 32x32 in 16x32 units over 2 warps
   float f_acc_k[1][16][4];  // f32[32, 128] as mma fragments: 32x128 in 16x128 units over 2 warps
-  float* const t_acc_v = reinterpret_cast<float*>(prt_base + 17792);  // f32[32, 128] pitch 128
+  float f_acc_v[1][16][4];  // f32[32, 128] as mma fragments: 32x128 in 16x128 units over 2 warps
   float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_fk[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 60288);  // f32[32] pitch 32
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 60544);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 43904);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 44160);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -14276,9 +14276,19 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   }
   // acc_v[row, col] = 0.0
   {
-    for (int i = tid; i < 4096; i += 64) {
-      const int r = i / 128, c = i % 128;
-      t_acc_v[(r) * 128 + (c)] = prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 2;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 16; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_acc_v[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   // col_sum[row] = 0.0
@@ -14625,14 +14635,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
       }
       // acc_v += mma.tc(p, dy) [32x128 in 16x128 units over 2 warps]
       {
-        float acc[1][16][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 16; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))];
-        }
+        float (&acc)[1][16][4] = f_acc_v;
         #pragma unroll
         for (int k0 = 0; k0 < 32; k0 += 16) {
           #pragma unroll
@@ -14653,13 +14656,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             #pragma unroll
             for (int q = 0; q < 16; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
           }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 16; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -15033,14 +15029,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           }
           // acc_v += mma.tc(p, dy) [32x128 in 16x128 units over 2 warps]
           {
-            float acc[1][16][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 16; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))];
-            }
+            float (&acc)[1][16][4] = f_acc_v;
             #pragma unroll
             for (int k0 = 0; k0 < 32; k0 += 16) {
               #pragma unroll
@@ -15061,13 +15050,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
                 #pragma unroll
                 for (int q = 0; q < 16; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
               }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 16; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
@@ -15234,9 +15216,19 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
     const bool ok = a0 >= 0 && a0 < g_dVa_d0 && a2 >= 0 && a2 < g_dVa_d2;
     const long long base = static_cast<long long>(a0) * g_dVa_s0 + static_cast<long long>(s1) * g_dVa_s1 + static_cast<long long>(a2) * g_dVa_s2 + static_cast<long long>(s3) * g_dVa_s3;
     if (ok) {
-      for (int i = tid; i < 4096; i += 64) {
-        const int r = i / 128, c = i % 128;
-        if (s1 + r >= 0 && s1 + r < g_dVa_d1 && s3 + c >= 0 && s3 + c < g_dVa_d3) g_dVa[base + static_cast<long long>(r) * g_dVa_s1 + static_cast<long long>(c) * g_dVa_s3] = t_acc_v[(r) * 128 + (c)];
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 2;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+        (void)n0;
+        #pragma unroll
+        for (int q = 0; q < 16; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s1 + r >= 0 && s1 + r < g_dVa_d1 && s3 + c >= 0 && s3 + c < g_dVa_d3) g_dVa[base + static_cast<long long>(r) * g_dVa_s1 + static_cast<long long>(c) * g_dVa_s3] = prt::from_f32<float>(f_acc_v[j][q][e]);
+          }
+        }
       }
     }
   }
@@ -20767,7 +20759,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_update_state_bwd_p2_d128_e
 // grid ($n, $h, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128_c64_f16_w4_bd0_bt64_s1(
     const float* g_dQa, const float* g_dQs, const float* g_dKa, const float* g_dKs, const float* g_dVa, const float* g_dVs, const float* g_dlamA, const float* g_dlamK, const float* g_dlamQ, const float* g_dGc, const float* g_dGk, __half* g_dQ, __half* g_dK, __half* g_dV, float* g_dlogG, int p_b, int p_t, int p_hq, int p_h, int p_n, int p_nfb) {
-  // sm_80: 66320 bytes of dynamic shared memory
+  // sm_80: 33552 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -20956,11 +20948,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
   (void)g_dlogG_d2;
   float f_a_d[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
   float f_b_d[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
-  float* const t_a_e = reinterpret_cast<float*>(prt_base + 16);  // f32[64, 128] pitch 128
-  float* const t_b_e = reinterpret_cast<float*>(prt_base + 32784);  // f32[64, 128] pitch 128
-  float* const t_dlam = reinterpret_cast<float*>(prt_base + 65552);  // f32[64] pitch 64
-  float* const t_part = reinterpret_cast<float*>(prt_base + 65808);  // f32[64] pitch 64
-  float* const t_suffix = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
+  float f_a_e[4][4][4];  // f32[64, 128] as mma fragments: 64x128 in 16x32 units over 4 warps
+  float* const t_b_e = reinterpret_cast<float*>(prt_base + 16);  // f32[64, 128] pitch 128
+  float* const t_dlam = reinterpret_cast<float*>(prt_base + 32784);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 33040);  // f32[64] pitch 64
+  float* const t_suffix = reinterpret_cast<float*>(prt_base + 33296);  // f32[64] pitch 64
   float* const t_carry = reinterpret_cast<float*>(prt_base + 0);  // f32[1] pitch 1
   float* const t_one = reinterpret_cast<float*>(prt_base + 16);  // f32[1] pitch 1
   // carry = load.async dGk[pid.z, pid.y, pid.x:+1]
@@ -21249,7 +21241,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
           }
         }
       }
-      // a_e = load.async dVa[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y, 0:+128]
+      // a_e = load dVa[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y, 0:+128]
       {
         const int a0 = static_cast<int>(blockIdx.z);
         const int s1 = ((static_cast<int>(blockIdx.x) * 64) + (((prt::min_nan((((p_t - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64), 1) - 1) - v_i1) * 64));
@@ -21257,34 +21249,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const int s3 = 0;
         const bool ok = a0 >= 0 && a0 < g_dVa_d0 && a2 >= 0 && a2 < g_dVa_d2;
         const long long base = static_cast<long long>(a0) * g_dVa_s0 + static_cast<long long>(s1) * g_dVa_s1 + static_cast<long long>(a2) * g_dVa_s2 + static_cast<long long>(s3) * g_dVa_s3;
-        float* const dst = t_a_e;
-        if (prt::aligned16(g_dVa) && base % 4 == 0 && g_dVa_s1 % 4 == 0 && s3 >= 0) {
-          const int c = (tid % 32) * 4, r0 = tid / 32;
-          const auto* src0 = g_dVa + base + static_cast<long long>(r0) * g_dVa_s1 + c;
-          const long long rstep = static_cast<long long>(4) * g_dVa_s1;
-          const bool whole = ok && s1 >= 0 && s1 + 64 <= g_dVa_d1 && s3 + 128 <= g_dVa_d3;
-          if (whole) {
-            float* const d0 = &dst[(r0) * 128 + (c)];
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
             #pragma unroll
-            for (int u = 0; u < 16; ++u) {
-              prt::cp_async_16(d0 + u * 512, src0 + u * rstep, 16);
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_a_e[j][q][e] = ok && s1 + r >= 0 && s1 + r < g_dVa_d1 && s3 + c >= 0 && s3 + c < g_dVa_d3 ? prt::to_f32(g_dVa[base + static_cast<long long>(r) * g_dVa_s1 + static_cast<long long>(c) * g_dVa_s3]) : 0.0f;
             }
-          }
-          else {
-            const long long cols = ok ? g_dVa_d3 - (s3 + c) : 0;
-            const int nc = cols <= 0 ? 0 : cols >= 4 ? 4 : static_cast<int>(cols);
-            #pragma unroll
-            for (int u = 0; u < 16; ++u) {
-              const int r = r0 + u * 4, gr = s1 + r;
-              const int n = gr >= 0 && gr < g_dVa_d1 ? nc : 0;
-              prt::cp_async_16(&dst[(r) * 128 + (c)], n > 0 ? static_cast<const void*>(src0 + u * rstep) : static_cast<const void*>(g_dVa), n * 4);
-            }
-          }
-        }
-        else {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            dst[(r) * 128 + (c)] = ok && s1 + r >= 0 && s1 + r < g_dVa_d1 && s3 + c >= 0 && s3 + c < g_dVa_d3 ? g_dVa[base + static_cast<long long>(r) * g_dVa_s1 + static_cast<long long>(c) * g_dVa_s3] : prt::from_f32<float>(0.0f);
           }
         }
       }
@@ -21332,9 +21308,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
       __syncthreads();
       // a_e[row, col] = (a_e[row, col] + b_e[row, col])
       {
-        for (int i = tid; i < 8192; i += 128) {
-          const int r = i / 128, c = i % 128;
-          t_a_e[(r) * 128 + (c)] = prt::from_f32<float>((prt::to_f32(t_a_e[(r) * 128 + (c)]) + prt::to_f32(t_b_e[(r) * 128 + (c)])));
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_a_e[j][q][e] = (f_a_e[j][q][e] + prt::to_f32(t_b_e[(r) * 128 + (c)]));
+            }
+          }
         }
       }
       // store dV[pid.z, ((pid.x * 64) + (((min(((($t - (pid.x * 64)) + 63) // 64), 1) - 1) - i1) * 64)):+64, pid.y, 0:+128] = a_e
@@ -21346,9 +21332,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_combine_grads_p2_d128_e128
         const bool ok = a0 >= 0 && a0 < g_dV_d0 && a2 >= 0 && a2 < g_dV_d2;
         const long long base = static_cast<long long>(a0) * g_dV_s0 + static_cast<long long>(s1) * g_dV_s1 + static_cast<long long>(a2) * g_dV_s2 + static_cast<long long>(s3) * g_dV_s3;
         if (ok) {
-          for (int i = tid; i < 8192; i += 128) {
-            const int r = i / 128, c = i % 128;
-            if (s1 + r >= 0 && s1 + r < g_dV_d1 && s3 + c >= 0 && s3 + c < g_dV_d3) g_dV[base + static_cast<long long>(r) * g_dV_s1 + static_cast<long long>(c) * g_dV_s3] = prt::from_f32<__half>(prt::to_f32(t_a_e[(r) * 128 + (c)]));
+          #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const int u = warp + j * 4;
+            const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+            (void)n0;
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+                if (s1 + r >= 0 && s1 + r < g_dV_d1 && s3 + c >= 0 && s3 + c < g_dV_d3) g_dV[base + static_cast<long long>(r) * g_dV_s1 + static_cast<long long>(c) * g_dV_s3] = prt::from_f32<__half>(f_a_e[j][q][e]);
+              }
+            }
           }
         }
       }
@@ -23703,7 +23699,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d128
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 60816 bytes of dynamic shared memory
+  // sm_80: 44432 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -23843,27 +23839,27 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
   float* const t_gk = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
   float* const t_sk = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 17664);  // f32[32] pitch 32
-  __half* const t_q = reinterpret_cast<__half*>(prt_base + 42880);  // f16[32, 128] pitch 136
-  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 34176);  // f16[32, 128] pitch 136
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 51584);  // f16[32, 128] pitch 136
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 60672);  // f32[32] pitch 32
+  __half* const t_q = reinterpret_cast<__half*>(prt_base + 26496);  // f16[32, 128] pitch 136
+  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 17792);  // f16[32, 128] pitch 136
+  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 35200);  // f16[32, 128] pitch 136
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 44288);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 60416);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 44032);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
   float f_ck[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 60800);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 44416);  // f32[1] pitch 1
   float f_dot[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_W[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   uint32_t f_p[1][4][2];  // f16[32, 32] as mma fragments, two per register: 32x32 in 16x32 units over 2 warps
   uint32_t f_ds[1][4][2];  // f16[32, 32] as mma fragments, two per register: 32x32 in 16x32 units over 2 warps
   float f_acc_k[1][16][4];  // f32[32, 128] as mma fragments: 32x128 in 16x128 units over 2 warps
-  float* const t_acc_v = reinterpret_cast<float*>(prt_base + 17792);  // f32[32, 128] pitch 128
+  float f_acc_v[1][16][4];  // f32[32, 128] as mma fragments: 32x128 in 16x128 units over 2 warps
   float f_part[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_fk[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 60288);  // f32[32] pitch 32
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 60544);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 43904);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 44160);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -24005,9 +24001,19 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
   }
   // acc_v[row, col] = 0.0
   {
-    for (int i = tid; i < 4096; i += 64) {
-      const int r = i / 128, c = i % 128;
-      t_acc_v[(r) * 128 + (c)] = prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 2;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 16; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_acc_v[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   // col_sum[row] = 0.0
@@ -24354,14 +24360,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
       }
       // acc_v += mma.tc(p, dy) [32x128 in 16x128 units over 2 warps]
       {
-        float acc[1][16][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 16; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))];
-        }
+        float (&acc)[1][16][4] = f_acc_v;
         #pragma unroll
         for (int k0 = 0; k0 < 32; k0 += 16) {
           #pragma unroll
@@ -24382,13 +24381,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             #pragma unroll
             for (int q = 0; q < 16; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
           }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 16; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -24762,14 +24754,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           }
           // acc_v += mma.tc(p, dy) [32x128 in 16x128 units over 2 warps]
           {
-            float acc[1][16][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 16; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))];
-            }
+            float (&acc)[1][16][4] = f_acc_v;
             #pragma unroll
             for (int k0 = 0; k0 < 32; k0 += 16) {
               #pragma unroll
@@ -24790,13 +24775,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
                 #pragma unroll
                 for (int q = 0; q < 16; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
               }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 16; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 2) / 1) * 16 + prt::frag_row(lane, e)) * 128 + (((warp + j * 2) % 1) * 128 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
@@ -24963,9 +24941,19 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
     const bool ok = a0 >= 0 && a0 < g_dV_d0 && a2 >= 0 && a2 < g_dV_d2;
     const long long base = static_cast<long long>(a0) * g_dV_s0 + static_cast<long long>(s1) * g_dV_s1 + static_cast<long long>(a2) * g_dV_s2 + static_cast<long long>(s3) * g_dV_s3;
     if (ok) {
-      for (int i = tid; i < 4096; i += 64) {
-        const int r = i / 128, c = i % 128;
-        if (s1 + r >= 0 && s1 + r < g_dV_d1 && s3 + c >= 0 && s3 + c < g_dV_d3) g_dV[base + static_cast<long long>(r) * g_dV_s1 + static_cast<long long>(c) * g_dV_s3] = prt::from_f32<__half>(prt::to_f32(t_acc_v[(r) * 128 + (c)]));
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 2;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+        (void)n0;
+        #pragma unroll
+        for (int q = 0; q < 16; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s1 + r >= 0 && s1 + r < g_dV_d1 && s3 + c >= 0 && s3 + c < g_dV_d3) g_dV[base + static_cast<long long>(r) * g_dV_s1 + static_cast<long long>(c) * g_dV_s3] = prt::from_f32<__half>(f_acc_v[j][q][e]);
+          }
+        }
       }
     }
   }
@@ -26324,9 +26312,9 @@ extern "C" cudaError_t prt_attention_bwd_dq_p2_d128_e128_c64_f16_w4_bd0_bt64_s2_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60816);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 44432);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2<<<grid, 64, 60816, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d128_e128_c64_f16_w2_bd0_bt32_s2<<<grid, 64, 44432, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -26352,9 +26340,9 @@ extern "C" cudaError_t prt_update_state_bwd_p2_d128_e128_c64_f16_w4_bd32_bt32_s1
 }
 
 extern "C" cudaError_t prt_combine_grads_p2_d128_e128_c64_f16_w4_bd0_bt64_s1_launch(dim3 grid, cudaStream_t stream, const float* g_dQa, const float* g_dQs, const float* g_dKa, const float* g_dKs, const float* g_dVa, const float* g_dVs, const float* g_dlamA, const float* g_dlamK, const float* g_dlamQ, const float* g_dGc, const float* g_dGk, __half* g_dQ, __half* g_dK, __half* g_dV, float* g_dlogG, int p_b, int p_t, int p_hq, int p_h, int p_n, int p_nfb) {
-  cudaError_t err = cudaFuncSetAttribute(prt_combine_grads_p2_d128_e128_c64_f16_w4_bd0_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 66320);
+  cudaError_t err = cudaFuncSetAttribute(prt_combine_grads_p2_d128_e128_c64_f16_w4_bd0_bt64_s1, cudaFuncAttributeMaxDynamicSharedMemorySize, 33552);
   if (err != cudaSuccess) return err;
-  prt_combine_grads_p2_d128_e128_c64_f16_w4_bd0_bt64_s1<<<grid, 128, 66320, stream>>>(g_dQa, g_dQs, g_dKa, g_dKs, g_dVa, g_dVs, g_dlamA, g_dlamK, g_dlamQ, g_dGc, g_dGk, g_dQ, g_dK, g_dV, g_dlogG, p_b, p_t, p_hq, p_h, p_n, p_nfb);
+  prt_combine_grads_p2_d128_e128_c64_f16_w4_bd0_bt64_s1<<<grid, 128, 33552, stream>>>(g_dQa, g_dQs, g_dKa, g_dKs, g_dVa, g_dVs, g_dlamA, g_dlamK, g_dlamQ, g_dGc, g_dGk, g_dQ, g_dK, g_dV, g_dlogG, p_b, p_t, p_hq, p_h, p_n, p_nfb);
   return cudaGetLastError();
 }
 
@@ -26373,9 +26361,9 @@ extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d128_e128_c64_f16_w4_bd0_bt64_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 60816);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 44432);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2<<<grid, 64, 60816, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d128_e128_c64_f16_w2_bd0_bt32_s2<<<grid, 64, 44432, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

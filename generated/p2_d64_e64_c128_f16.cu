@@ -10333,7 +10333,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 61200 bytes of dynamic shared memory
+  // sm_90a: 44816 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -10473,27 +10473,27 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   float* const t_gk = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_sk = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
-  __half* const t_q = reinterpret_cast<__half*>(prt_base + 51200);  // f16[64, 64] swizzle 128
-  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 43008);  // f16[64, 64] swizzle 128
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 33536);  // f16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 59904);  // f32[64] pitch 64
+  __half* const t_q = reinterpret_cast<__half*>(prt_base + 34816);  // f16[64, 64] swizzle 128
+  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 26624);  // f16[64, 64] swizzle 128
+  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 17152);  // f16[64, 64] pitch 72
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 43520);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 59392);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 43008);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 60160);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 43776);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc_k[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
-  float* const t_acc_v = reinterpret_cast<float*>(prt_base + 17152);  // f32[64, 64] pitch 64
+  float f_acc_v[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 42752);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 59648);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 43264);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10637,9 +10637,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   }
   // acc_v[row, col] = 0.0
   {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_acc_v[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_acc_v[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   // col_sum[row] = 0.0
@@ -10957,14 +10967,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
       }
       // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
       {
-        float acc[1][8][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 8; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))];
-        }
+        float (&acc)[1][8][4] = f_acc_v;
         prt::wgmma_fence();
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -10976,14 +10979,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
         prt::wgmma_commit();
-        prt::wgmma_wait<0>();
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 8; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-        }
+        // waited for further down (wgmma.wait)
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
       {
@@ -11067,6 +11063,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
       }
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -11330,14 +11328,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           prt::wgmma_fence_regs(f_W);  // W is read only after the wait
           // acc_v += mma.wgmma(p, dy) [64x64 in 16x64 units over 4 warps]
           {
-            float acc[1][8][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 8; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))];
-            }
+            float (&acc)[1][8][4] = f_acc_v;
             prt::wgmma_fence();
             #pragma unroll
             for (int j = 0; j < 1; ++j) {
@@ -11349,14 +11340,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
             prt::wgmma_commit();
-            prt::wgmma_wait<0>();
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 8; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_acc_v[(16 * (warp + j * 4) + prt::frag_row(lane, e)) * 64 + (q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
-            }
+            // waited for further down (wgmma.wait)
           }
           // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
           {
@@ -11452,6 +11436,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
               }
             }
           }
+          prt::wgmma_wait<0>();
+          prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
           // acc_k += mma.wgmma(ds, q) [64x64 in 16x64 units over 4 warps]
           {
             float (&acc)[1][8][4] = f_acc_k;
@@ -11516,9 +11502,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const bool ok = a0 >= 0 && a0 < g_dVa_d0 && a2 >= 0 && a2 < g_dVa_d2;
     const long long base = static_cast<long long>(a0) * g_dVa_s0 + static_cast<long long>(s1) * g_dVa_s1 + static_cast<long long>(a2) * g_dVa_s2 + static_cast<long long>(s3) * g_dVa_s3;
     if (ok) {
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 64, c = i % 64;
-        if (s1 + r >= 0 && s1 + r < g_dVa_d1 && s3 + c >= 0 && s3 + c < g_dVa_d3) g_dVa[base + static_cast<long long>(r) * g_dVa_s1 + static_cast<long long>(c) * g_dVa_s3] = t_acc_v[(r) * 64 + (c)];
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+        (void)n0;
+        #pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s1 + r >= 0 && s1 + r < g_dVa_d1 && s3 + c >= 0 && s3 + c < g_dVa_d3) g_dVa[base + static_cast<long long>(r) * g_dVa_s1 + static_cast<long long>(c) * g_dVa_s3] = prt::from_f32<float>(f_acc_v[j][q][e]);
+          }
+        }
       }
     }
   }
@@ -11558,7 +11554,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     }
   }
 #else
-  // sm_80: 64272 bytes of dynamic shared memory
+  // sm_80: 47888 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11698,27 +11694,27 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   float* const t_gk = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_sk = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  __half* const t_q = reinterpret_cast<__half*>(prt_base + 44800);  // f16[64, 64] pitch 72
-  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 35584);  // f16[64, 64] pitch 72
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 54016);  // f16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 64000);  // f32[64] pitch 64
+  __half* const t_q = reinterpret_cast<__half*>(prt_base + 28416);  // f16[64, 64] pitch 72
+  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 19200);  // f16[64, 64] pitch 72
+  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 37632);  // f16[64, 64] pitch 72
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 47616);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 63488);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 47104);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 64256);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 47872);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc_k[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
-  float* const t_acc_v = reinterpret_cast<float*>(prt_base + 19200);  // f32[64, 64] pitch 64
+  float f_acc_v[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_part[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 63232);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 63744);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 46848);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 47360);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -11860,9 +11856,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   }
   // acc_v[row, col] = 0.0
   {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_acc_v[(r) * 64 + (c)] = prt::from_f32<float>(0.0f);
+    #pragma unroll
+    for (int j = 0; j < 1; ++j) {
+      const int u = warp + j * 4;
+      const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+      (void)n0;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+          f_acc_v[j][q][e] = 0.0f;
+        }
+      }
     }
   }
   // col_sum[row] = 0.0
@@ -12209,14 +12215,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
       }
       // acc_v += mma.tc(p, dy) [64x64 in 16x64 units over 4 warps]
       {
-        float acc[1][8][4];
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 8; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 1) * 64 + q * 8 + prt::frag_col(lane, e))];
-        }
+        float (&acc)[1][8][4] = f_acc_v;
         #pragma unroll
         for (int k0 = 0; k0 < 64; k0 += 16) {
           #pragma unroll
@@ -12237,13 +12236,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             #pragma unroll
             for (int q = 0; q < 8; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
           }
-        }
-        #pragma unroll
-        for (int j = 0; j < 1; ++j) {
-          #pragma unroll
-          for (int q = 0; q < 8; ++q)
-          #pragma unroll
-            for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 1) * 64 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
         }
       }
       // ds[row, col] = select((((row <= col) && (lse_i[col] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -12617,14 +12609,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
           // acc_v += mma.tc(p, dy) [64x64 in 16x64 units over 4 warps]
           {
-            float acc[1][8][4];
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 8; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][q][e] = t_acc_v[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 1) * 64 + q * 8 + prt::frag_col(lane, e))];
-            }
+            float (&acc)[1][8][4] = f_acc_v;
             #pragma unroll
             for (int k0 = 0; k0 < 64; k0 += 16) {
               #pragma unroll
@@ -12645,13 +12630,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
                 #pragma unroll
                 for (int q = 0; q < 8; ++q) prt::mma_16816<__half>(acc[j][q], fa_p, fb_dy[q][0], fb_dy[q][1]);
               }
-            }
-            #pragma unroll
-            for (int j = 0; j < 1; ++j) {
-              #pragma unroll
-              for (int q = 0; q < 8; ++q)
-              #pragma unroll
-                for (int e = 0; e < 4; ++e) t_acc_v[(((warp + j * 4) / 1) * 16 + prt::frag_row(lane, e)) * 64 + (((warp + j * 4) % 1) * 64 + q * 8 + prt::frag_col(lane, e))] = acc[j][q][e];
             }
           }
           // W[row, col] = select((lse_i[col] != -Infinity), (W[row, col] - Dy_i[col]), 0.0)
@@ -12818,9 +12796,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     const bool ok = a0 >= 0 && a0 < g_dVa_d0 && a2 >= 0 && a2 < g_dVa_d2;
     const long long base = static_cast<long long>(a0) * g_dVa_s0 + static_cast<long long>(s1) * g_dVa_s1 + static_cast<long long>(a2) * g_dVa_s2 + static_cast<long long>(s3) * g_dVa_s3;
     if (ok) {
-      for (int i = tid; i < 4096; i += 128) {
-        const int r = i / 64, c = i % 64;
-        if (s1 + r >= 0 && s1 + r < g_dVa_d1 && s3 + c >= 0 && s3 + c < g_dVa_d3) g_dVa[base + static_cast<long long>(r) * g_dVa_s1 + static_cast<long long>(c) * g_dVa_s3] = t_acc_v[(r) * 64 + (c)];
+      #pragma unroll
+      for (int j = 0; j < 1; ++j) {
+        const int u = warp + j * 4;
+        const int m0 = (u / 1) * 16, n0 = (u % 1) * 64;
+        (void)n0;
+        #pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+            if (s1 + r >= 0 && s1 + r < g_dVa_d1 && s3 + c >= 0 && s3 + c < g_dVa_d3) g_dVa[base + static_cast<long long>(r) * g_dVa_s1 + static_cast<long long>(c) * g_dVa_s3] = prt::from_f32<float>(f_acc_v[j][q][e]);
+          }
+        }
       }
     }
   }
@@ -19264,9 +19252,9 @@ extern "C" cudaError_t prt_attention_bwd_dq_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_l
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 64272);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 47888);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 64272, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d64_e64_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 47888, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

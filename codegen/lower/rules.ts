@@ -102,7 +102,7 @@ export const fragRegisters = (t: WarpTiling): number => Math.ceil(((t.m / 16) * 
 /** Above this many accumulator registers per thread a tile stays in shared memory. */
 export const MAX_FRAG_REGISTERS = 128;
 /** ... and above this many for all frag tiles of a kernel together, the largest go back. */
-export const MAX_FRAG_REGISTERS_TOTAL = 160;
+export const MAX_FRAG_REGISTERS_TOTAL = 192;
 
 /** Why a load cannot be issued as 16-byte cp.async chunks (null when it can; alignment of the
  * tensor's address, base offset and row stride is still checked at run time). */
