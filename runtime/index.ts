@@ -204,21 +204,31 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
       throw new ArgumentError(fn, "opts.dState", "expected no state gradient: the forward was called without returnState, so it returned no state");
     checkState(fn, "opts.dState", dState, fwd, saved.Q.device);
   }
-  const problem: Problem = { ...fwd, finalState: dState !== null };
+  // The backward takes the forward's path: a forward with returnState ran the chunked plan, whose yS
+  // is the state's part of y, not the y the quadratic backward reads there; its state gradient is
+  // zero when none is given.
+  const problem: Problem = fwd;
   const { built: plan } = withManifestSchedules((s) => backwardPlan(problem, s), (x) => x, saved.schedules);
+  const zeroGrad = fwd.finalState && !dState ? zeroStateOf(plan) : null;
   const inputs = gpuInputs({
     Q: saved.Q, K: saved.K, V: saved.V, logG: saved.logG,
     S0: saved.initialState?.S, Z0: saved.initialState?.Z,
     Y: saved.Y, lse: saved.lse, yS: saved.yS, wS: saved.wS, Sin: saved.Sin, Zin: saved.Zin, dY,
-    dSfinal: dState?.S, dZfinal: dState?.Z,
+    dSfinal: dState?.S ?? zeroGrad?.S, dZfinal: dState?.Z ?? zeroGrad?.Z,
   });
   for (const b of plan.buffers)
     if (b.init === "input" && !inputs[b.name])
       throw new Error(`${fn}: the backward plan reads '${b.name}', which the forward did not keep (a plan mismatch)`);
-  const out = executeOnGpu(plan, inputs, { syncEachLaunch: saved.syncEachLaunch, caller: fn,
-    argOf: { ...CALL_SIZES, b: "dY", t: "dY", n: "dY", hq: "dY", h: "saved.K" },
-    inputArg: { ...Object.fromEntries(Object.keys(inputs).map((k) => [k, `saved.${k}`])), S0: "saved.initialState.S", Z0: "saved.initialState.Z", dY: "dY", dSfinal: "opts.dState.S", dZfinal: "opts.dState.Z" },
-  });
+  let out: ReturnType<typeof executeOnGpu>;
+  try {
+    out = executeOnGpu(plan, inputs, { syncEachLaunch: saved.syncEachLaunch, caller: fn,
+      argOf: { ...CALL_SIZES, b: "dY", t: "dY", n: "dY", hq: "dY", h: "saved.K" },
+      inputArg: { ...Object.fromEntries(Object.keys(inputs).map((k) => [k, `saved.${k}`])), S0: "saved.initialState.S", Z0: "saved.initialState.Z", dY: "dY", dSfinal: "opts.dState.S", dZfinal: "opts.dState.Z" },
+    });
+  } finally {
+    zeroGrad?.S.free();
+    zeroGrad?.Z.free();
+  }
   const dlogG = wrap(out, plan, "dlogG");
   if (!problem.gated) dlogG.free();
   const grads = {
@@ -226,6 +236,12 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
     dlogG: problem.gated ? dlogG : null,
   };
   return out.dS0 ? { ...grads, dInitialState: { S: wrap(out, plan, "dS0"), Z: wrap(out, plan, "dZ0") } } : grads;
+}
+
+/** Zero gradients of the final state, shaped as the backward plan's dSfinal and dZfinal. */
+function zeroStateOf(plan: ReturnType<typeof backwardPlan>): { S: Tensor; Z: Tensor } {
+  const shape = (name: string): number[] => [...plan.buffers.find((b) => b.name === name)!.shape];
+  return { S: Tensor.zeros(shape("dSfinal"), "f32"), Z: Tensor.zeros(shape("dZfinal"), "f32") };
 }
 
 // ---- decoding -------------------------------------------------------------------------------------

@@ -609,10 +609,12 @@ const same = (a, b) => a.length === b.length && a.every((v, i) => Object.is(v, b
 const results = {};
 const made = [];
 const up = (x, shape, dt) => { const t = Tensor.upload(x, shape, dt); made.push(t); return t; };
-for (const [name, b, t, hq, h, dtype, gated, init, ret] of [
-  ["f16 gqa gated init+state", 2, 37, 4, 2, "f16", true, true, true],
-  ["f32 ungated short", 1, 11, 2, 1, "f32", false, false, false],
-  ["f32 gated one chunk + state", 1, 16, 1, 1, "f32", true, false, true],
+for (const [name, b, t, hq, h, dtype, gated, init, ret, noDState] of [
+  ["f16 gqa gated init+state", 2, 37, 4, 2, "f16", true, true, true, false],
+  ["f32 ungated short", 1, 11, 2, 1, "f32", false, false, false, false],
+  ["f32 gated one chunk + state", 1, 16, 1, 1, "f32", true, false, true, false],
+  // the state returned but no gradient for it: the backward still takes the forward's (chunked) path
+  ["f32 gated one chunk + state, no state gradient", 1, 16, 1, 1, "f32", true, false, true, true],
 ]) {
   const d = 16, e = 16, D = featureCount(d, 2), chunk = 16;
   const x = { Q: r(b * t * hq * d), K: r(b * t * h * d), V: r(b * t * h * e), logG: gated ? r(b * t * h, -1, 0) : undefined };
@@ -631,13 +633,13 @@ for (const [name, b, t, hq, h, dtype, gated, init, ret] of [
   const dYh = r(b * t * hq * e);
   const dY = up(dYh, [b, t, hq, e], dtype);
   const dS = r(b * h * D * e, -0.01, 0.01), dZ = r(b * h * D, -0.01, 0.01);
-  const dState = ret ? { S: up(dS, [b, h, D, e], "f32"), Z: up(dZ, [b, h, D], "f32") } : undefined;
-  const g = powerRetentionBackward(res.saved, dY, { dState });
+  const dState = ret && !noDState ? { S: up(dS, [b, h, D, e], "f32"), Z: up(dZ, [b, h, D], "f32") } : undefined;
+  const g = powerRetentionBackward(res.saved, dY, dState ? { dState } : {});
   for (const k of ["dQ", "dK", "dV", "dlogG"]) if (g[k]) made.push(g[k]);
   if (g.dInitialState) made.push(g.dInitialState.S, g.dInitialState.Z);
-  const bp = { ...p, finalState: !!dState };
-  const { built } = withManifestSchedules((s) => backwardPlan(bp, s), (v) => v, res.saved.schedules);
-  const cb = executeOnCpu(built, { ...inputs, ...cpu, dY: dYh, ...(dState ? { dSfinal: dS, dZfinal: dZ } : {}) });
+  const { built } = withManifestSchedules((s) => backwardPlan(p, s), (v) => v, res.saved.schedules); // the forward's path
+  const zero = (a) => a.map(() => 0);
+  const cb = executeOnCpu(built, { ...inputs, ...cpu, dY: dYh, ...(ret ? { dSfinal: dState ? dS : zero(dS), dZfinal: dState ? dZ : zero(dZ) } : {}) });
   for (const k of ["dQ", "dK", "dV"]) out[k] = same(g[k].download(), cb[k]);
   out.dlogG = gated ? same(g.dlogG.download(), cb.dlogG) : g.dlogG === null;
   if (init) out.dS0 = same(g.dInitialState.S.download(), cb.dS0) && same(g.dInitialState.Z.download(), cb.dZ0);
@@ -701,7 +703,7 @@ console.log(JSON.stringify(results));
 `;
     const r = child(script, {}) as Record<string, any>;
     if (process.env.PRT_DEBUG_CHILD) console.log(JSON.stringify(r));
-    for (const name of ["f16 gqa gated init+state", "f32 ungated short", "f32 gated one chunk + state"]) {
+    for (const name of ["f16 gqa gated init+state", "f32 ungated short", "f32 gated one chunk + state", "f32 gated one chunk + state, no state gradient"]) {
       const o = r[name];
       const { savedFreed, ...flags } = o;
       expect(flags, name).toEqual(Object.fromEntries(Object.keys(flags).map((k) => [k, true])));
