@@ -283,17 +283,20 @@ export function checkFatbin(k: ManifestKernel): string {
   throw new MissingKernelError(`the fatbin of kernel ${k.name} (${k.symbol}) is missing: ${where}; compile it with \`${k.buildCommand}\``, k.buildCommand);
 }
 
-/** The code a device of compute capability `cc` (e.g. 90) runs from a fatbin: sm_90a on 9.x, sm_80 on 8.x. */
-export function archFor(cc: number): string | null {
-  if (cc >= 90 && cc < 100) return "sm_90a";
-  if (cc >= 80 && cc < 90) return "sm_80";
+/** The code a device of compute capability `cc` (e.g. 90) runs from a fatbin built for `archs`:
+ * sm_90a's on 9.x when built; else sm_80's on 8.x and newer (its SASS on 8.x, elsewhere its
+ * compute_80 PTX, which nvcc.ts embeds and the driver compiles at load: how a build with only
+ * sm_80 runs its sm_80 path on a Hopper GPU, bench/device-session.sh sm80). */
+export function archFor(cc: number, archs: readonly string[]): string | null {
+  if (cc >= 90 && cc < 100 && archs.includes("sm_90a")) return "sm_90a";
+  if (cc >= 80 && archs.includes("sm_80")) return "sm_80";
   return null;
 }
 
 /** Throw unless the kernel has code for a device of compute capability `cc` and fits its shared memory. */
 export function checkArch(k: ManifestKernel, archs: readonly string[], cc: number, fatbin: string = k.fatbin): void {
-  const arch = archFor(cc);
-  if (arch === null || !archs.includes(arch))
+  const arch = archFor(cc, archs);
+  if (arch === null)
     throw new Error(
       `kernel ${k.symbol}: the fatbin ${fatbin} holds code for ${archs.join(", ") || "no arch"}, none of which runs on this GPU (compute capability ${Math.floor(cc / 10)}.${cc % 10})`,
     );

@@ -33,7 +33,7 @@ describe("the README", () => {
   }, 60_000);
 
   it("its speed table is the numbers of the run it cites (issue23.json, the 64k logs)", () => {
-    const dir = "bench/results/2026-12-07-263991a", dir64 = "bench/results/2026-12-07-3133459";
+    const dir = "bench/results/2026-12-07-8c1dec0", dir64 = "bench/results/2026-12-07-3133459";
     expect(README).toContain(`${dir}/issue23.png`);
     const j = JSON.parse(read(`${dir}/issue23.json`)) as {
       device: string; date: string;

@@ -37,7 +37,7 @@ import {
   Tensor,
   type RetentionSaved,
 } from "../runtime/index.ts";
-import { checkFatbin, findKernel, loadManifests } from "../runtime/kernels.ts";
+import { archFor, checkFatbin, findKernel, loadManifests } from "../runtime/kernels.ts";
 import { REPO_ROOT } from "../runtime/native.ts";
 
 const gpu = cudaAvailable();
@@ -722,4 +722,16 @@ console.log(JSON.stringify(results));
       "gate_grads_y", "query_state", "query_state_bwd_dq", "query_state_bwd_ds", "state_copy", "update_state", "update_state_bwd",
     ]);
   }, 120_000);
+});
+
+describe("archFor: the code a GPU runs from a fatbin", () => {
+  it("takes sm_90a on Hopper when built, else sm_80 (its PTX on GPUs newer than 8.x), else nothing", () => {
+    expect(archFor(90, ["sm_80", "sm_90a"])).toBe("sm_90a");
+    expect(archFor(90, ["sm_80"])).toBe("sm_80"); // compute_80 PTX, compiled by the driver at load
+    expect(archFor(86, ["sm_80", "sm_90a"])).toBe("sm_80");
+    expect(archFor(100, ["sm_80", "sm_90a"])).toBe("sm_80"); // sm_90a code runs on 9.x only
+    expect(archFor(90, ["sm_90a"])).toBe("sm_90a");
+    expect(archFor(86, ["sm_90a"])).toBeNull();
+    expect(archFor(75, ["sm_80", "sm_90a"])).toBeNull();
+  });
 });

@@ -101,7 +101,10 @@ export function chooseTiling(m: number, n: number, warps: number, computedB = fa
 export const fragRegisters = (t: WarpTiling): number => Math.ceil(((t.m / 16) * (t.n / (8 * t.nt))) / t.warps) * t.nt * 4;
 /** Above this many accumulator registers per thread a tile stays in shared memory. */
 export const MAX_FRAG_REGISTERS = 128;
-/** ... and above this many for all frag tiles of a kernel together, the largest go back. */
+/** ... and above this many for all frag tiles of a kernel together, the largest go back. At 160,
+ * attention_bwd_dkv's dv accumulator (32 a thread at 64 x 64 over 4 warps) went to shared memory
+ * and every query block's mma loaded and stored it: at 192 it stays in registers (254 a thread, 72
+ * bytes of spill) and the kernel ran 1.7x faster on the H100 (bench/RESULTS.md, 2026-12-07, 8c1dec0). */
 export const MAX_FRAG_REGISTERS_TOTAL = 192;
 
 /** Why a load cannot be issued as 16-byte cp.async chunks (null when it can; alignment of the
