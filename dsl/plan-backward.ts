@@ -12,7 +12,7 @@ import { discountedCumsumBwd } from "./kernels/discounted-cumsum-bwd.ts";
 import { dqStateBlocks, queryStateBwdDq, queryStateBwdDs } from "./kernels/query-state-bwd.ts";
 import { updateStateBwd } from "./kernels/update-state-bwd.ts";
 import { checkProblem, chunksOf, forwardPlan, inputBuffers, planInputs, problemSpec, stateInBuffers, stepOf, type ForwardInputs, type Problem, type ScheduleTable } from "./plan.ts";
-import type { Plan, PlanBuffer, PlanStep } from "./plan-types.ts";
+import { withoutUnusedBuffers, type Plan, type PlanBuffer, type PlanStep } from "./plan-types.ts";
 import { stateFeatures } from "./spec.ts";
 
 /** One window (chunk >= t), no initial state and no final state: the quadratic form, no state part. */
@@ -60,7 +60,7 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
       stepOf(attentionBwdDkvY, spec, sched, win, { ...attn, lse: "lse", Dy: "Dy", rowW: "rowW", dK: "dK", dV: "dV", dlamA: "dlamA" }),
       stepOf(gateGradsY, spec, sched, { b, t, h }, { dlamA: "dlamA", dlogG: "dlogG" }),
     ];
-    return { buffers, steps, outputs };
+    return withoutUnusedBuffers({ buffers, steps, outputs });
   }
   const dims = { b, t, hq, h, n };
   const win = { b, t, hq, h, window: p.chunk, scale: p.scale }; // windows of one chunk
@@ -127,7 +127,7 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
     }),
   ];
   if (p.initialState) outputs.push("dS0", "dZ0");
-  return { buffers, steps, outputs };
+  return withoutUnusedBuffers({ buffers, steps, outputs });
 }
 
 /** What the backward needs beyond the forward's inputs. */

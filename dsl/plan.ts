@@ -8,7 +8,7 @@ import { attention, attentionY } from "./kernels/attention.ts";
 import { discountedCumsum } from "./kernels/discounted-cumsum.ts";
 import { queryState } from "./kernels/query-state.ts";
 import { updateState } from "./kernels/update-state.ts";
-import type { Plan, PlanBuffer, PlanStep } from "./plan-types.ts";
+import { withoutUnusedBuffers, type Plan, type PlanBuffer, type PlanStep } from "./plan-types.ts";
 import { checkSpec, specKey, stateFeatures, type KernelDef, type Schedule, type Spec } from "./spec.ts";
 
 /** One retention call's sizes and options. */
@@ -126,7 +126,7 @@ export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
     const zeros = (name: string, shape: number[]): PlanBuffer => ({ name, dtype: "f32", shape, init: "zeros" });
     const quad: PlanBuffer[] = [...inputBuffers(p), { name: "Y", dtype: p.dtype, shape: [b, t, hq, e], init: "nan" }, f32("lse", [b, t, hq]), f32("yS", [b, t, hq, e]), zeros("wS", [b, t, hq])];
     const step = stepOf(attentionY, spec, sched, { b, t, hq, h, window: t, scale: p.scale }, { Q: "Q", K: "K", V: "V", logG: "logG", Y: "Y", yF: "yS", lse: "lse" });
-    return { buffers: quad, steps: [step], outputs: ["Y", "lse", "yS", "wS"] };
+    return withoutUnusedBuffers({ buffers: quad, steps: [step], outputs: ["Y", "lse", "yS", "wS"] });
   }
   const steps: PlanStep[] = [
     stepOf(attention, spec, sched, { b, t, hq, h, window: p.chunk, scale: p.scale }, { Q: "Q", K: "K", V: "V", logG: "logG", numA: "numA", denA: "denA", maxA: "maxA" }),
@@ -155,7 +155,7 @@ export function forwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
     }),
   );
   const outputs = ["Y", "lse", "yS", "wS", ...(short ? [] : ["Sin", "Zin"]), ...(p.finalState ? ["Sfinal", "Zfinal"] : [])];
-  return { buffers, steps, outputs };
+  return withoutUnusedBuffers({ buffers, steps, outputs });
 }
 
 /** The inputs of a forward call, float64 or f32 data in the layouts of SPEC.md (rounded on the way in). */

@@ -172,6 +172,7 @@ class Plan:
         check(self._lib.prt_plan_create(ctypes.byref(h), rt._h, kind.encode(), deg, d, e, chunk, dtype.encode(), ctypes.byref(problem)))
         self._h = h
         self.kind = kind
+        self.problem = problem
         info = _BufferInfo()
         self.buffers: list[Buffer] = []
         for i in range(self._lib.prt_plan_buffer_count(h)):
@@ -203,7 +204,11 @@ class Plan:
         buffer names to device pointers: every input, and the outputs the caller keeps."""
         unknown = set(ptrs) - set(self.by_name)
         if unknown:
-            raise PrtError(f"ptrs: {', '.join(sorted(unknown))} not a buffer of this plan (it has {', '.join(self.by_name)})")
+            # a state (or its gradient) the problem's flags leave out is in no plan: say which flag
+            flags = {"S0": "initial_state", "Z0": "initial_state", "dSfinal": "final_state", "dZfinal": "final_state"}
+            why = [f"{n}: problem.{flags[n]} is {getattr(self.problem, flags[n])}, so the plan reads none" for n in sorted(unknown) if n in flags]
+            raise PrtError(f"ptrs: {', '.join(sorted(unknown))} not a buffer of this plan (it has {', '.join(self.by_name)})"
+                           + (f"; {'; '.join(why)}" if why else ""))
         arr = self._ptrs_type(*[ptrs.get(b.name, 0) for b in self.buffers])
         check(self._lib.prt_plan_run(self._h, ctypes.c_void_p(stream or None), arr, len(self.buffers), workspace, workspace_bytes,
                                      RUN_POISON if poison else 0))

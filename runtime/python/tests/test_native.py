@@ -110,7 +110,9 @@ class NativeTest(unittest.TestCase):
                       "received a pointer", str(e.exception))
         with self.assertRaises(_native.PrtError) as e:
             p.run(0, {"Q": 1, "K": 1, "V": 1, "S0": 1}, 1, p.workspace_bytes_all)
-        self.assertIn("buffer S0: expected 0 (the plan keeps it in its workspace: problem.initial_state is 0", str(e.exception))
+        # no initial state: the plan has no S0 at all (plan-types.ts, withoutUnusedBuffers)
+        self.assertIn("S0 not a buffer of this plan", str(e.exception))
+        self.assertIn("S0: problem.initial_state is 0, so the plan reads none", str(e.exception))
         gated = rt.plan("forward", SPEC, 1, 10, 2, 2, 0.1, gated=True)
         with self.assertRaises(_native.PrtError) as e:
             gated.run(0, {"Q": 1, "K": 1, "V": 1}, 1, gated.workspace_bytes_all)
