@@ -51,8 +51,8 @@ export function backwardPlan(p: Problem, sched: ScheduleTable = {}): Plan {
   const outputs = ["dQ", "dK", "dV", "dlogG"];
   if (isShortPath(p)) {
     // the quadratic form: one window over the whole sequence; Dy = dy . y from the forward's y in
-    // f32 (yS there; no state: sum_j P_ij dP_ij = dy_i . y_i), dQ, dK, dV out of the attention under the forward's lse,
-    // dlogG is the suffix sum of dlamA
+    // f32 (yS there; no state: sum_j P_ij dP_ij = dy_i . y_i), dQ, dK, dV out of the attention
+    // under the forward's lse, dlogG is the suffix sum of dlamA
     const win = { b, t, hq, h, window: t, scale: p.scale };
     const steps: PlanStep[] = [
       stepOf(attentionBwdPrepY, spec, sched, { b, t, hq }, { yF: "yS", dY: "dY", Dy: "Dy" }),

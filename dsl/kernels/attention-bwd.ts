@@ -7,8 +7,8 @@
 // the gradients are
 //   dq_i = sum_j ds'_ij k_j,   dk_j = sum_i ds'_ij q_i,   dv_j = sum_i P_ij dy_i,
 //   dlam_i = sum_j W_ij - sum_m W_mi   (row sums minus column sums, over the group's query heads).
-// Three kernels, each with two epilogues (the chunked path's parts; `_y`, the quadratic path's
-// final outputs, as attention / attention_y):
+// A prep per path, and dq and dkv with two epilogues each (the chunked path's parts; `_y`, the
+// quadratic path's final outputs, as attention / attention_y):
 //   attention_bwd_prep      per (query block, query head, batch): DyA_i = sum_j P_ij dP_ij and
 //                           PA_i = sum_j P_ij under the forward's lse (query_state_bwd_dq
 //                           completes them with the state's part into Dy and lseB);
