@@ -3,7 +3,7 @@
 # against the interpreter and the float64 reference, then time ours beside PyTorch SDPA in the same
 # run. Every log goes under $OUT (default ./device-out). Needs node, nvcc, python3 with torch on PATH;
 # a .device/setup.sh beside it, when there is one, is sourced first to provide them.
-# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|sm80|sass|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
+# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|binding-profile|sm80|sass|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 if [[ -f .device/setup.sh ]]; then source .device/setup.sh > "$OUT/setup.log" 2>&1; fi
@@ -97,6 +97,10 @@ for step in "${@:-all}"; do
       echo "issue23 binding rc=$?"; tail -3 "$OUT/issue23-binding.err"
       python3 bench/issue23_report.py --sdpa "$OUT/issue23-sdpa.log" --ours "$OUT/issue23-ours.log" --binding "$OUT/issue23-binding.log" --out "$OUT" \
         || echo "issue23 report failed" ;;
+    binding-profile)
+      # where the binding's time goes beyond the kernels: host vs device time per call, cProfile, torch.profiler
+      PYTHONPATH=$PWD/runtime/python CHUNK=${I23_CHUNK:-auto} timeout ${PROF_LIMIT:-200} python3 bench/profile_binding.py ${PROF_SHAPES:-16:1024 4:4096} > "$OUT/binding-profile.log" 2>&1
+      echo "binding-profile rc=$?"; grep -E '^\{' "$OUT/binding-profile.log" ;;
     sm80)
       # issue 23: the sm_80 path from a build with only compute_80 PTX (the driver JIT-compiles it for
       # this GPU; the sm_90a bodies are not in it), through the GPU tests of SM80_SPECS (d:chunks:dtypes)
