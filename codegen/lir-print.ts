@@ -79,7 +79,11 @@ export function printLStmt(s: LStmt, ind: string, ranks: Ranks = new Map()): str
         ...s.body.flatMap((b) => printLStmt(b, ind + "  ", ranks)),
       ];
     case "if":
-      return [`${ind}if ${printExpr(s.cond)}:`, ...s.body.flatMap((b) => printLStmt(b, ind + "  ", ranks))];
+      return [
+        `${ind}if ${printExpr(s.cond)}:`,
+        ...s.body.flatMap((b) => printLStmt(b, ind + "  ", ranks)),
+        ...(s.orelse ? [`${ind}else:`, ...s.orelse.flatMap((b) => printLStmt(b, ind + "  ", ranks))] : []),
+      ];
   }
 }
 

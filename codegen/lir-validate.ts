@@ -27,8 +27,10 @@ export function toDsl(k: LKernel): Kernel {
         }
         case "for":
           return [{ ...s, body: stmts(s.body) }];
-        case "if":
-          return [{ ...s, body: stmts(s.body) }];
+        case "if": {
+          const { orelse, ...rest } = s;
+          return [{ ...rest, body: stmts(s.body), ...(orelse ? { orelse: stmts(orelse) } : {}) }];
+        }
         case "asyncCommit":
         case "asyncWait":
         case "wgmmaWait":
@@ -215,6 +217,10 @@ export function validateLir(k: LKernel): string[] {
         break;
       case "bindStage":
         if (bufferOf(k, s.buf).copies < 2) where(`bind ${s.buf}: the tile has one copy`);
+        break;
+      case "if":
+        // the block votes over the shape with a strided element loop (render-cuda): shared tiles only
+        if (s.cond.op === "any") for (const n of stmtAccess(s).reads) if (frag(n)) where(`if any: reads ${n}, a frag tile (shared tiles only)`);
         break;
       case "wgmmaWait":
         if (k.target !== "sm_90a") where(`wgmma.wait on ${k.target}`);

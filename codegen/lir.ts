@@ -154,7 +154,8 @@ export type LStmt =
       readonly stages: number;
       readonly body: readonly LStmt[];
     }
-  | { readonly kind: "if"; readonly cond: Expr; readonly body: readonly LStmt[] };
+  /** orelse: the statements when cond does not hold (none: nothing). */
+  | { readonly kind: "if"; readonly cond: Expr; readonly body: readonly LStmt[]; readonly orelse?: readonly LStmt[] };
 
 export interface LKernel {
   readonly name: string;
@@ -194,8 +195,10 @@ export function fromDsl(k: Kernel, target: Target = "sm_80"): LKernel {
         return { ...s, scratch: null };
       case "for":
         return { ...s, body: s.body.map(stmt) };
-      case "if":
-        return { ...s, body: s.body.map(stmt) };
+      case "if": {
+        const { orelse, ...rest } = s;
+        return { ...rest, body: s.body.map(stmt), ...(orelse ? { orelse: orelse.map(stmt) } : {}) };
+      }
       default:
         return s;
     }
@@ -222,12 +225,24 @@ export function bufferOf(k: LKernel, name: string): LBuffer {
   return b;
 }
 
+/** A loop or branch with `list` applied to each of its statement lists (body, and a branch's
+ * orelse); any other statement as it is. */
+export function withBodies(s: LStmt, list: (body: readonly LStmt[]) => LStmt[]): LStmt {
+  if (s.kind === "for") return { ...s, body: list(s.body) };
+  if (s.kind === "if") return { ...s, body: list(s.body), ...(s.orelse ? { orelse: list(s.orelse) } : {}) };
+  return s;
+}
+
+/** The statement lists nested in a loop or branch (a branch: body, then orelse). */
+export const bodiesOf = (s: LStmt): readonly (readonly LStmt[])[] =>
+  s.kind === "for" ? [s.body] : s.kind === "if" ? (s.orelse ? [s.body, s.orelse] : [s.body]) : [];
+
 /** Rebuild a statement list bottom-up: `f` sees each statement after its children were mapped and
  * returns its replacement(s). */
 export function mapStmts(body: readonly LStmt[], f: (s: LStmt) => LStmt | readonly LStmt[]): LStmt[] {
   const out: LStmt[] = [];
   for (const s of body) {
-    const inner: LStmt = s.kind === "for" || s.kind === "if" ? { ...s, body: mapStmts(s.body, f) } : s;
+    const inner: LStmt = withBodies(s, (b) => mapStmts(b, f));
     const r = f(inner);
     if (Array.isArray(r)) out.push(...(r as readonly LStmt[]));
     else out.push(r as LStmt);
@@ -239,7 +254,7 @@ export function mapStmts(body: readonly LStmt[], f: (s: LStmt) => LStmt | readon
 export function walkStmts(body: readonly LStmt[], f: (s: LStmt, loops: readonly LStmt[]) => void, loops: readonly LStmt[] = []): void {
   for (const s of body) {
     f(s, loops);
-    if (s.kind === "for" || s.kind === "if") walkStmts(s.body, f, [...loops, s]);
+    for (const b of bodiesOf(s)) walkStmts(b, f, [...loops, s]);
   }
 }
 
@@ -263,6 +278,9 @@ export function exprReads(e: Expr, out: Set<string> = new Set()): Set<string> {
       exprReads(e.cond, out);
       exprReads(e.a, out);
       exprReads(e.b, out);
+      break;
+    case "any":
+      exprReads(e.pred, out);
       break;
     default:
       break;
@@ -290,6 +308,9 @@ export function readNodes(e: Expr, out: Extract<Expr, { op: "read" }>[] = []): E
       readNodes(e.cond, out);
       readNodes(e.a, out);
       readNodes(e.b, out);
+      break;
+    case "any":
+      readNodes(e.pred, out);
       break;
     default:
       break;

@@ -4,6 +4,7 @@
 // are templates/prt_tile.cuh.
 
 import { dtypeBytes } from "../dsl/dtype.ts";
+import type { Expr } from "../dsl/ir.ts";
 import { printExpr } from "../dsl/print.ts";
 import { bufferOf, cType, isPackedFrag, isRowVector, mapFragReads, readNodes, smemTileBytes, threadsOf, tilingSlots, tilingUnits, reducePartials, walkStmts, type LKernel, type LStmt } from "./lir.ts";
 import { printLStmt, printTiling, ranksOf } from "./lir-print.ts";
@@ -12,7 +13,7 @@ import { renderLoad, renderStore } from "./render-memory.ts";
 import { renderMma, renderMmaGroup } from "./render-mma.ts";
 import { Emitter, elemLoop, fragLoop, fragPairLoop, fragRead, rowLoop } from "./emit.ts";
 import { symPowTableName } from "./render-tables.ts";
-import { mapRuns, type MapStmt } from "./lower/fuse-maps.ts";
+import { mapRuns, ownElement, type MapStmt } from "./lower/fuse-maps.ts";
 
 const tileElem = (k: LKernel, name: string, r: string, c: string): string =>
   bufferOf(k, name).type.shape.length === 1 ? smemElem(k, name, [r]) : smemElem(k, name, [r, c]);
@@ -353,9 +354,18 @@ function renderStmt(o: Emitter, k: LKernel, s: LStmt): void {
       o.close();
       return;
     }
-    case "if":
-      o.block(`if (${renderExpr(s.cond, { k })})`, () => renderBody(o, k, s.body));
+    case "if": {
+      const any = s.cond.op === "any" ? s.cond : null;
+      if (any) {
+        o.line(`// if ${printExpr(any)}`);
+        o.open("");
+        renderAnyVote(o, k, any, "prt_any");
+      }
+      o.block(`if (${any ? "prt_any" : renderExpr(s.cond, { k })})`, () => renderBody(o, k, s.body));
+      if (s.orelse) o.block("else", () => renderBody(o, k, s.orelse!));
+      if (any) o.close();
       return;
+    }
     default:
       break;
   }
@@ -391,6 +401,42 @@ function renderStmt(o: Emitter, k: LKernel, s: LStmt): void {
       break;
   }
   o.close();
+}
+
+/** The block's vote of an `if any`: each thread ors the predicate over its elements of the shape,
+ * then __syncthreads_or (a barrier too: lower/barriers.ts counts it as one) gives every thread the
+ * block's answer in \`v\`. Where every tile the predicate reads is a 16-bit shared tile of the vote's
+ * shape read at [row, col], a thread takes 8 columns from one 16-byte read of each (a [128, 64]
+ * tile: 4 reads a thread at 256 threads, instead of 32 element reads). */
+function renderAnyVote(o: Emitter, k: LKernel, e: Extract<Expr, { op: "any" }>, v: string): void {
+  o.line(`bool ${v}_mine = false;`);
+  const reads = readNodes(e.pred);
+  const names = [...new Set(reads.map((r) => r.buf))];
+  const wide = (n: string): boolean => {
+    const b = bufferOf(k, n);
+    const sameShape = b.type.shape.length === e.shape.length && b.type.shape.every((x, i) => x === e.shape[i]);
+    return b.home === "smem" && dtypeBytes(b.type.dtype) === 2 && sameShape && (b.swizzle > 0 || (b.pitch * 2) % 16 === 0);
+  };
+  const cols = e.shape[1] ?? 0;
+  if (e.shape.length === 2 && cols % 8 === 0 && names.length > 0 && reads.every((r) => ownElement(2, r.index)) && names.every(wide)) {
+    const per = cols / 8;
+    o.block(`for (int i = tid; i < ${e.shape[0]! * per}; i += ${threadsOf(k)})`, () => {
+      o.line(`const int r = i / ${per}, c0 = (i % ${per}) * 8;`);
+      names.forEach((n, j) => o.line(`uint32_t w${j}[4];`).line(`prt::lds_b16x8(&${smemElem(k, n, ["r", "c0"])}, w${j});`));
+      o.pragma("#pragma unroll");
+      o.block("for (int u = 0; u < 8; ++u)", () => {
+        const locals = new Map(names.map((n, j) => [n, `prt::b16_half<${cType(bufferOf(k, n).type.dtype)}>(w${j}[u >> 1], u & 1)`]));
+        o.line("const int c = c0 + u;");
+        o.line("(void)c;");
+        o.line(`${v}_mine |= (${renderExpr(e.pred, { k, row: "r", col: "c", locals })});`);
+      });
+    });
+  } else {
+    elemLoop(o, k, e.shape, (r, c) => o.line(`${v}_mine |= (${renderExpr(e.pred, { k, row: r, col: c })});`));
+  }
+  // shared memory that ordinary stores wrote and a wgmma in the branch reads: as before a barrier
+  if (hasWgmma(k)) o.line("prt::fence_proxy_async();");
+  o.line(`const bool ${v} = __syncthreads_or(${v}_mine) != 0;`);
 }
 
 function renderBody(o: Emitter, k: LKernel, body: readonly LStmt[]): void {

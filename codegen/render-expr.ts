@@ -34,6 +34,8 @@ export function exprType(e: Expr, k: LKernel): CType {
       return exprType(e.a, k);
     case "cast":
       return e.to;
+    case "any":
+      return "bool";
   }
 }
 
@@ -158,6 +160,8 @@ export function renderExpr(e: Expr, c: ExprCtx): string {
       return `(${r(e.cond)} ? ${r(e.a)} : ${r(e.b)})`;
     case "cast":
       return e.to === "i32" ? `static_cast<int>(${r(e.a)})` : `static_cast<float>(${r(e.a)})`;
+    case "any":
+      throw new Error("render: an `any` renders as its if's block vote (render-cuda), not inline");
   }
 }
 

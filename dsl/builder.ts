@@ -247,12 +247,22 @@ export class KernelBuilder {
     });
   }
 
-  /** Run body when the program-uniform condition holds. */
-  if(cond: Val, body: () => void): void {
-    this.stack.push([]);
-    body();
-    const stmts = this.stack.pop()!;
-    this.emit({ kind: "if", cond: cond.expr, body: stmts });
+  /** Run body when the program-uniform condition holds, else orelse (when given). */
+  if(cond: Val, body: () => void, orelse?: () => void): void {
+    const trace = (f: () => void): Stmt[] => {
+      this.stack.push([]);
+      f();
+      return this.stack.pop()!;
+    };
+    const stmts = trace(body);
+    this.emit({ kind: "if", cond: cond.expr, body: stmts, ...(orelse ? { orelse: trace(orelse) } : {}) });
+  }
+
+  /** Whether f({row, col}) holds at some element of `over`'s shape: a program-uniform bool the
+   * block computes together, for the condition of `if` (e.g. a tile holds a non-finite value). */
+  any(over: Tile, f: (ix: MapIndex) => Val): Val {
+    const ix = { row: new Val({ op: "row" }, "i32"), col: new Val({ op: "col" }, "i32") };
+    return new Val({ op: "any", shape: over.shape, pred: f(ix).expr }, "bool");
   }
 
   build(doc: string): Kernel {

@@ -130,6 +130,14 @@ function compileExpr(e: Expr, env: Env): Fn {
       const a = compileExpr(e.a, env);
       return e.to === "i32" ? (c, r, k) => Math.trunc(a(c, r, k)) : (c, r, k) => Math.fround(a(c, r, k));
     }
+    case "any": {
+      // the predicate at every element of the shape (rows x cols; a 1-D shape has col 0)
+      const pred = compileExpr(e.pred, env), rows = e.shape[0]!, cols = e.shape[1] ?? 1;
+      return (c) => {
+        for (let r = 0; r < rows; r++) for (let k = 0; k < cols; k++) if (pred(c, r, k)) return 1;
+        return 0;
+      };
+    }
   }
 }
 
@@ -324,8 +332,9 @@ function compileStmt(s: Stmt, env: Env): Run {
     case "if": {
       const cond = compileExpr(s.cond, env);
       const body = s.body.map((b) => compileStmt(b, env));
+      const orelse = (s.orelse ?? []).map((b) => compileStmt(b, env));
       return (c) => {
-        if (cond(c, 0, 0)) for (const b of body) b(c);
+        for (const b of cond(c, 0, 0) ? body : orelse) b(c);
       };
     }
   }

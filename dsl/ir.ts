@@ -53,7 +53,11 @@ export type Expr =
   | { readonly op: "binary"; readonly fn: BinaryFn; readonly a: Expr; readonly b: Expr }
   | { readonly op: "pow"; readonly a: Expr; readonly n: number } // integer power, n >= 0 constant
   | { readonly op: "select"; readonly cond: Expr; readonly a: Expr; readonly b: Expr }
-  | { readonly op: "cast"; readonly to: "i32" | "f32"; readonly a: Expr };
+  | { readonly op: "cast"; readonly to: "i32" | "f32"; readonly a: Expr }
+  /** Whether `pred` (a bool over row, col, tile reads, params, program ids and loop variables)
+   * holds at some element of a tile shape: a program-uniform bool that the whole block computes
+   * together (one vote per element). Only as the condition of an `if`. */
+  | { readonly op: "any"; readonly shape: readonly number[]; readonly pred: Expr };
 
 /** One tensor dimension of a load or store: a single index, or a range that becomes a tile axis. */
 export type Slice =
@@ -105,8 +109,9 @@ export type Stmt =
       readonly stages: number;
       readonly body: readonly Stmt[];
     }
-  /** A branch on a program-uniform condition (params, program ids, loop variables only). */
-  | { readonly kind: "if"; readonly cond: Expr; readonly body: readonly Stmt[] };
+  /** A branch on a program-uniform condition (params, program ids, loop variables; or one `any`
+   * over tiles as the whole condition): body when it holds, else orelse (none: nothing). */
+  | { readonly kind: "if"; readonly cond: Expr; readonly body: readonly Stmt[]; readonly orelse?: readonly Stmt[] };
 
 export interface Kernel {
   readonly name: string;

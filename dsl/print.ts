@@ -33,6 +33,8 @@ export function printExpr(e: Expr): string {
       return `select(${printExpr(e.cond)}, ${printExpr(e.a)}, ${printExpr(e.b)})`;
     case "cast":
       return `${e.to}(${printExpr(e.a)})`;
+    case "any":
+      return `any[${e.shape.join(", ")}](${printExpr(e.pred)})`;
   }
 }
 
@@ -64,7 +66,11 @@ function printStmt(s: Stmt, ind: string): string[] {
         ...s.body.flatMap((b) => printStmt(b, ind + "  ")),
       ];
     case "if":
-      return [`${ind}if ${printExpr(s.cond)}:`, ...s.body.flatMap((b) => printStmt(b, ind + "  "))];
+      return [
+        `${ind}if ${printExpr(s.cond)}:`,
+        ...s.body.flatMap((b) => printStmt(b, ind + "  ")),
+        ...(s.orelse ? [`${ind}else:`, ...s.orelse.flatMap((b) => printStmt(b, ind + "  "))] : []),
+      ];
   }
 }
 

@@ -142,10 +142,17 @@ export function validateKernel(k: Kernel): string[] {
           break;
         }
         case "if": {
-          const t = typeOf(st.cond, s, where);
+          const t = st.cond.op === "any" ? "bool" : typeOf(st.cond, s, where);
           if (t !== null && t !== "bool") where(`if: condition must be bool, got ${t}`);
-          if (readsTiles(st.cond)) where(`if: condition must be program-uniform (no tile reads, row or col)`);
+          // program-uniform: no tile reads, row or col, except inside an `any` that is the whole condition
+          if (st.cond.op === "any") {
+            const pt = typeOf(st.cond.pred, { ...s, mapRank: st.cond.shape.length }, where);
+            if (pt !== null && pt !== "bool") where(`if any: the predicate must be bool, got ${pt}`);
+            if (st.cond.shape.length < 1 || st.cond.shape.length > 2 || st.cond.shape.some((n) => !Number.isInteger(n) || n < 1))
+              where(`if any: shape [${st.cond.shape}], expected 1 or 2 positive integer dims`);
+          } else if (readsTiles(st.cond)) where(`if: condition must be program-uniform (no tile reads, row or col)`);
           walk(st.body, s);
+          if (st.orelse) walk(st.orelse, s);
           break;
         }
       }
@@ -239,6 +246,10 @@ export function typeOf(e: Expr, s: Scope, err: (m: string) => void): ExprType | 
     case "cast":
       typeOf(e.a, s, err);
       return e.to;
+    case "any":
+      // its predicate is typed by the `if` that holds it (the only place an `any` may be)
+      err(`any: only as the whole condition of an if`);
+      return "bool";
     case "select": {
       const c = typeOf(e.cond, s, err);
       if (c !== null && c !== "bool") err(`select: condition must be bool, got ${c}`);

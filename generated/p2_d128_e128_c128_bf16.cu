@@ -114,7 +114,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
-  // v_finite: bf16[64, 128] computed in registers by its mma group
   __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 82944);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
@@ -517,87 +516,88 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
   }
-  // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+  // if any[64, 128](!(finite(v[row, col])))
   {
-    for (int i = tid; i < 8192; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_v_bad[(r) * 128 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))])) ? 0.0f : 1.0f));
-    }
-  }
-  prt::fence_proxy_async();
-  __syncthreads();
-  // v_bad = cumsum(v_bad, axis=0)
-  {
-    for (int o = tid; o < 128; o += 128) {
-      float acc = 0.0f;
-      for (int j = 0; j < 64; ++j) {
-        const int i = j;
-        acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
-        t_v_bad[(i) * 128 + (o)] = prt::from_f32<__nv_bfloat16>(acc);
+    bool prt_any_mine = false;
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 16, c0 = (i % 16) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_v[prt::swz<128>(((c0) / 64 * 64 + (r)) * 64 + ((c0) % 64))], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
       }
     }
-  }
-  // mma.group (operands in registers):
-  //   v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
-  //   acc += mma.tc(p, v_finite) [64x128 in 16x128 units over 4 warps]
-  {
-    float (&acc)[1][16][4] = f_acc;
-    const int g = lane >> 2, t2 = (lane & 3) * 2;
-    #pragma unroll
-    for (int k0 = 0; k0 < 64; k0 += 16) {
-      #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16;
-        const int n0 = (u % 1) * 128;
-        (void)m0;
-        (void)n0;
-        const uint32_t fa_p[4] = {f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1]};
-        uint32_t fb_v[16][2];
-        #pragma unroll
-        for (int q = 0; q < 16; q += 2) {
-          uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_v[prt::swz<128>(((n0 + q * 8 + prt::a_col(lane)) / 64 * 64 + (k0 + prt::a_row(lane))) * 64 + ((n0 + q * 8 + prt::a_col(lane)) % 64))]);
-          fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+    prt::fence_proxy_async();
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+      {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_v_bad[(r) * 128 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))])) ? 0.0f : 1.0f));
         }
-        uint32_t ib_v_finite[16][2];
-        #pragma unroll
-        for (int q = 0; q < 16; ++q) {
-          #pragma unroll
-          for (int rg = 0; rg < 2; ++rg) {
-            __nv_bfloat16 v0[2];
-            #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) : 0.0f));
-              v0[h] = y0;
-            }
-            ib_v_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = tid; o < 128; o += 128) {
+          float acc = 0.0f;
+          for (int j = 0; j < 64; ++j) {
+            const int i = j;
+            acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
+            t_v_bad[(i) * 128 + (o)] = prt::from_f32<__nv_bfloat16>(acc);
           }
         }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+      {
         #pragma unroll
-        for (int q = 0; q < 16; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, ib_v_finite[q][0], ib_v_finite[q][1]);
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 16; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 128 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+            }
+          }
+        }
+      }
+      // v[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_v[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))])) ? prt::to_f32(t_v[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))]) : 0.0f));
+        }
       }
     }
   }
   prt::fence_proxy_async();
   __syncthreads();
-  // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+  // acc += mma.wgmma(p, v) [64x128 in 16x128 units over 4 warps]
   {
+    float (&acc)[1][16][4] = f_acc;
+    prt::wgmma_fence();
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
-      (void)n0;
+      const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+      (void)mb;
       #pragma unroll
-      for (int q = 0; q < 16; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 128 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
-        }
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        prt::Wgmma<128, __nv_bfloat16>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_v + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
       }
     }
+    prt::wgmma_commit();
+    prt::wgmma_wait<0>();
   }
   if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
     // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
@@ -639,6 +639,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
         }
       }
     }
+    prt::fence_proxy_async();
+    __syncthreads();
     // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -1229,7 +1231,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
   float f_w[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
   float f_acc[1][16][4];  // f32[64, 128] as mma fragments: 64x128 in 16x128 units over 4 warps
-  // v_finite: bf16[64, 128] computed in registers by its mma group
   __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 87552);  // bf16[64, 128] pitch 128
   float f_row_max[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x128 in 16x128 units over 4 warps
@@ -1642,32 +1643,72 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
       }
     }
   }
-  __syncthreads();
-  // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+  // if any[64, 128](!(finite(v[row, col])))
   {
-    for (int i = tid; i < 8192; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_v_bad[(r) * 128 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 136 + (c)])) ? 0.0f : 1.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 16, c0 = (i % 16) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_v[(r) * 136 + (c0)], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+      }
     }
-  }
-  __syncthreads();
-  // v_bad = cumsum(v_bad, axis=0)
-  {
-    for (int o = tid; o < 128; o += 128) {
-      float acc = 0.0f;
-      for (int j = 0; j < 64; ++j) {
-        const int i = j;
-        acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
-        t_v_bad[(i) * 128 + (o)] = prt::from_f32<__nv_bfloat16>(acc);
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+      {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_v_bad[(r) * 128 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 136 + (c)])) ? 0.0f : 1.0f));
+        }
+      }
+      __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = tid; o < 128; o += 128) {
+          float acc = 0.0f;
+          for (int j = 0; j < 64; ++j) {
+            const int i = j;
+            acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
+            t_v_bad[(i) * 128 + (o)] = prt::from_f32<__nv_bfloat16>(acc);
+          }
+        }
+      }
+      __syncthreads();
+      // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 16; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 128 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+            }
+          }
+        }
+      }
+      // v[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_v[(r) * 136 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 136 + (c)])) ? prt::to_f32(t_v[(r) * 136 + (c)]) : 0.0f));
+        }
       }
     }
   }
-  // mma.group (operands in registers):
-  //   v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
-  //   acc += mma.tc(p, v_finite) [64x128 in 16x128 units over 4 warps]
+  __syncthreads();
+  // acc += mma.tc(p, v) [64x128 in 16x128 units over 4 warps]
   {
     float (&acc)[1][16][4] = f_acc;
-    const int g = lane >> 2, t2 = (lane & 3) * 2;
     #pragma unroll
     for (int k0 = 0; k0 < 64; k0 += 16) {
       #pragma unroll
@@ -1685,41 +1726,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
           prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 136 + (n0 + q * 8 + prt::a_col(lane))]);
           fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
         }
-        uint32_t ib_v_finite[16][2];
         #pragma unroll
-        for (int q = 0; q < 16; ++q) {
-          #pragma unroll
-          for (int rg = 0; rg < 2; ++rg) {
-            __nv_bfloat16 v0[2];
-            #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) : 0.0f));
-              v0[h] = y0;
-            }
-            ib_v_finite[q][rg] = prt::pack2(v0[0], v0[1]);
-          }
-        }
-        #pragma unroll
-        for (int q = 0; q < 16; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, ib_v_finite[q][0], ib_v_finite[q][1]);
-      }
-    }
-  }
-  __syncthreads();
-  // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 128;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 16; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 128 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
-        }
+        for (int q = 0; q < 16; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
       }
     }
   }
@@ -1763,6 +1771,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
         }
       }
     }
+    __syncthreads();
     // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -1802,7 +1811,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
         }
       }
     }
-    __syncthreads();
     // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -1901,7 +1909,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d128_e128_c12
             }
           }
         }
-        __syncthreads();
         // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);

@@ -9,7 +9,7 @@
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 119056 bytes of dynamic shared memory
+  // sm_80: 102160 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -113,7 +113,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
   float* const t_w = reinterpret_cast<float*>(prt_base + 84752);  // f32[32, 32] pitch 32
   float* const t_p = reinterpret_cast<float*>(prt_base + 89232);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 102160);  // f32[32, 128] pitch 132
   __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 93968);  // bf16[32, 128] pitch 128
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 16896);  // f32[32] pitch 32
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
@@ -442,34 +441,63 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
   }
-  // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+  // if any[32, 128](!(finite(v[row, col])))
   {
+    bool prt_any_mine = false;
     for (int i = tid; i < 4096; i += 64) {
       const int r = i / 128, c = i % 128;
-      t_v_bad[(r) * 128 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 132 + (c)])) ? 0.0f : 1.0f));
+      prt_any_mine |= ((!isfinite(prt::to_f32(t_v[(r) * 132 + (c)]))));
     }
-  }
-  __syncthreads();
-  // v_bad = cumsum(v_bad, axis=0)
-  {
-    for (int o = tid; o < 128; o += 64) {
-      float acc = 0.0f;
-      for (int j = 0; j < 32; ++j) {
-        const int i = j;
-        acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
-        t_v_bad[(i) * 128 + (o)] = prt::from_f32<__nv_bfloat16>(acc);
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+      {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          t_v_bad[(r) * 128 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 132 + (c)])) ? 0.0f : 1.0f));
+        }
+      }
+      __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = tid; o < 128; o += 64) {
+          float acc = 0.0f;
+          for (int j = 0; j < 32; ++j) {
+            const int i = j;
+            acc += prt::to_f32(t_v_bad[(i) * 128 + (o)]);
+            t_v_bad[(i) * 128 + (o)] = prt::from_f32<__nv_bfloat16>(acc);
+          }
+        }
+      }
+      __syncthreads();
+      // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int u = warp + j * 2;
+          const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 128 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+            }
+          }
+        }
+      }
+      // v[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          t_v[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 132 + (c)])) ? prt::to_f32(t_v[(r) * 132 + (c)]) : 0.0f));
+        }
       }
     }
   }
-  // v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
-  {
-    for (int i = tid; i < 4096; i += 64) {
-      const int r = i / 128, c = i % 128;
-      t_v_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 132 + (c)])) ? prt::to_f32(t_v[(r) * 132 + (c)]) : 0.0f));
-    }
-  }
   __syncthreads();
-  // acc += mma.fmaFrag(p, v_finite) [32x128 in 16x32 units over 2 warps]
+  // acc += mma.fmaFrag(p, v) [32x128 in 16x32 units over 2 warps]
   {
     #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -481,28 +509,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
         const float a0 = prt::to_f32(t_p[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 36 + (kk)]);
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const float b0 = prt::to_f32(t_v_finite[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v_finite[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+          const float b0 = prt::to_f32(t_v[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
           acc[q][0] = fmaf(a0, b0, acc[q][0]);
           acc[q][1] = fmaf(a0, b1, acc[q][1]);
           acc[q][2] = fmaf(a1, b0, acc[q][2]);
           acc[q][3] = fmaf(a1, b1, acc[q][3]);
-        }
-      }
-    }
-  }
-  // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int u = warp + j * 2;
-      const int m0 = (u / 4) * 16, n0 = (u % 4) * 32;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 128 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
         }
       }
     }
@@ -547,6 +558,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
         }
       }
     }
+    __syncthreads();
     // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -586,7 +598,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
         }
       }
     }
-    __syncthreads();
     // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -685,7 +696,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
             }
           }
         }
-        __syncthreads();
         // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
@@ -15820,9 +15830,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d128_e128_c1
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 119056);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 102160);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 119056, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d128_e128_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 102160, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

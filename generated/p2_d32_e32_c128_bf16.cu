@@ -114,7 +114,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // bf16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
-  // v_finite: bf16[128, 32] computed in registers by its mma group
   __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 41984);  // bf16[128, 32] pitch 32
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
@@ -517,99 +516,98 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
   }
-  prt::fence_proxy_async();
-  __syncthreads();
-  // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+  // if any[128, 32](!(finite(v[row, col])))
   {
-    for (int i = tid; i < 4096; i += 256) {
-      const int r = i / 32, c = i % 32;
-      t_v_bad[(r) * 32 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[prt::swz<64>((r) * 32 + (c))])) ? 0.0f : 1.0f));
-    }
-  }
-  prt::fence_proxy_async();
-  __syncthreads();
-  // v_bad = cumsum(v_bad, axis=0)
-  {
-    for (int o = warp; o < 32; o += 8) {
-      float run[4];
-      float total = 0.0f;
+    bool prt_any_mine = false;
+    for (int i = tid; i < 512; i += 256) {
+      const int r = i / 4, c0 = (i % 4) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_v[prt::swz<64>((r) * 32 + (c0))], w0);
       #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int j = lane * 4 + u, i = j;
-        total += j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-        run[u] = total;
-      }
-      const float incl = prt::warp_inclusive_sum(total, lane);
-      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
-      const float before = lane == 0 ? 0.0f : up;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int j = lane * 4 + u, i = j;
-        if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
       }
     }
-  }
-  // mma.group (operands in registers):
-  //   v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
-  //   acc += mma.tc(p, v_finite) [128x32 in 16x32 units over 8 warps]
-  {
-    float (&acc)[1][4][4] = f_acc;
-    const int g = lane >> 2, t2 = (lane & 3) * 2;
-    #pragma unroll
-    for (int k0 = 0; k0 < 128; k0 += 16) {
-      #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 8;
-        const int m0 = (u / 1) * 16;
-        const int n0 = (u % 1) * 32;
-        (void)m0;
-        (void)n0;
-        const uint32_t fa_p[4] = {f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1]};
-        uint32_t fb_v[4][2];
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_v[prt::swz<64>((k0 + prt::a_row(lane)) * 32 + (n0 + q * 8 + prt::a_col(lane)))]);
-          fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
+    prt::fence_proxy_async();
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+      {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_v_bad[(r) * 32 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[prt::swz<64>((r) * 32 + (c))])) ? 0.0f : 1.0f));
         }
-        uint32_t ib_v_finite[4][2];
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = warp; o < 32; o += 8) {
+          float run[4];
+          float total = 0.0f;
           #pragma unroll
-          for (int rg = 0; rg < 2; ++rg) {
-            __nv_bfloat16 v0[2];
-            #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) : 0.0f));
-              v0[h] = y0;
-            }
-            ib_v_finite[q][rg] = prt::pack2(v0[0], v0[1]);
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            total += j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
           }
         }
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+      {
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, ib_v_finite[q][0], ib_v_finite[q][1]);
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 32 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+            }
+          }
+        }
+      }
+      // v[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_v[prt::swz<64>((r) * 32 + (c))] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_v[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+        }
       }
     }
   }
   prt::fence_proxy_async();
   __syncthreads();
-  // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+  // acc += mma.wgmma(p, v) [128x32 in 16x32 units over 8 warps]
   {
+    float (&acc)[1][4][4] = f_acc;
+    prt::wgmma_fence();
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      (void)n0;
+      const int mb = 64 * (warp / 4) + 128 * j;  // this warpgroup's rows
+      (void)mb;
       #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 32 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
-        }
+      for (int k0 = 0; k0 < 128; k0 += 16) {
+        prt::Wgmma<32, __nv_bfloat16>::template rs<1>(acc[j], f_p[j][k0 / 8][0], f_p[j][k0 / 8][1], f_p[j][k0 / 8 + 1][0], f_p[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_v + ((0) / 32 * 128 + (k0)) * 32 + ((0) % 32), 8192, 512), 1);
       }
     }
+    prt::wgmma_commit();
+    prt::wgmma_wait<0>();
   }
   if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
     // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
@@ -651,6 +649,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
         }
       }
     }
+    prt::fence_proxy_async();
+    __syncthreads();
     // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -690,8 +690,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
         }
       }
     }
-    prt::fence_proxy_async();
-    __syncthreads();
     // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -791,8 +789,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
             }
           }
         }
-        prt::fence_proxy_async();
-        __syncthreads();
         // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
@@ -1245,7 +1241,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
   float f_w[1][16][4];  // f32[128, 128] as mma fragments: 128x128 in 16x128 units over 8 warps
   uint32_t f_p[1][16][2];  // bf16[128, 128] as mma fragments, two per register: 128x128 in 16x128 units over 8 warps
   float f_acc[1][4][4];  // f32[128, 32] as mma fragments: 128x32 in 16x32 units over 8 warps
-  // v_finite: bf16[128, 32] computed in registers by its mma group
   __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 52224);  // bf16[128, 32] pitch 32
   float f_row_max[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_row_sum[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
@@ -1658,42 +1653,82 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
       }
     }
   }
-  __syncthreads();
-  // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+  // if any[128, 32](!(finite(v[row, col])))
   {
-    for (int i = tid; i < 4096; i += 256) {
-      const int r = i / 32, c = i % 32;
-      t_v_bad[(r) * 32 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 40 + (c)])) ? 0.0f : 1.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 512; i += 256) {
+      const int r = i / 4, c0 = (i % 4) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_v[(r) * 40 + (c0)], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+      }
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+      {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_v_bad[(r) * 32 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 40 + (c)])) ? 0.0f : 1.0f));
+        }
+      }
+      __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = warp; o < 32; o += 8) {
+          float run[4];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            total += j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int j = lane * 4 + u, i = j;
+            if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
+          }
+        }
+      }
+      __syncthreads();
+      // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 8;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 32 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+            }
+          }
+        }
+      }
+      // v[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 256) {
+          const int r = i / 32, c = i % 32;
+          t_v[(r) * 40 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 40 + (c)])) ? prt::to_f32(t_v[(r) * 40 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   __syncthreads();
-  // v_bad = cumsum(v_bad, axis=0)
-  {
-    for (int o = warp; o < 32; o += 8) {
-      float run[4];
-      float total = 0.0f;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int j = lane * 4 + u, i = j;
-        total += j < 128 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-        run[u] = total;
-      }
-      const float incl = prt::warp_inclusive_sum(total, lane);
-      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
-      const float before = lane == 0 ? 0.0f : up;
-      #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int j = lane * 4 + u, i = j;
-        if (j < 128) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
-      }
-    }
-  }
-  // mma.group (operands in registers):
-  //   v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
-  //   acc += mma.tc(p, v_finite) [128x32 in 16x32 units over 8 warps]
+  // acc += mma.tc(p, v) [128x32 in 16x32 units over 8 warps]
   {
     float (&acc)[1][4][4] = f_acc;
-    const int g = lane >> 2, t2 = (lane & 3) * 2;
     #pragma unroll
     for (int k0 = 0; k0 < 128; k0 += 16) {
       #pragma unroll
@@ -1711,41 +1746,8 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
           prt::ldmatrix_x4_trans(r, &t_v[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
           fb_v[q][0] = r[0]; fb_v[q][1] = r[1]; fb_v[q + 1][0] = r[2]; fb_v[q + 1][1] = r[3];
         }
-        uint32_t ib_v_finite[4][2];
         #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          #pragma unroll
-          for (int rg = 0; rg < 2; ++rg) {
-            __nv_bfloat16 v0[2];
-            #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int r = k0 + t2 + rg * 8 + h, c = n0 + q * 8 + g;
-              const __nv_bfloat16 y0 = prt::from_f32<__nv_bfloat16>((isfinite(prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h)) ? prt::b16_half<__nv_bfloat16>(fb_v[q][rg], h) : 0.0f));
-              v0[h] = y0;
-            }
-            ib_v_finite[q][rg] = prt::pack2(v0[0], v0[1]);
-          }
-        }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, ib_v_finite[q][0], ib_v_finite[q][1]);
-      }
-    }
-  }
-  __syncthreads();
-  // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 8;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 32 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
-        }
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_p, fb_v[q][0], fb_v[q][1]);
       }
     }
   }
@@ -1789,6 +1791,7 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
         }
       }
     }
+    __syncthreads();
     // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -1828,7 +1831,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
         }
       }
     }
-    __syncthreads();
     // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -1927,7 +1929,6 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_p2_d32_e32_c128_
             }
           }
         }
-        __syncthreads();
         // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);

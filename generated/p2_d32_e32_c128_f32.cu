@@ -9,7 +9,7 @@
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 78608 bytes of dynamic shared memory
+  // sm_80: 69392 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -113,7 +113,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
   float f_w[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_p = reinterpret_cast<float*>(prt_base + 47632);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_v_finite = reinterpret_cast<float*>(prt_base + 69392);  // f32[64, 32] pitch 36
   __nv_bfloat16* const t_v_bad = reinterpret_cast<__nv_bfloat16*>(prt_base + 65296);  // bf16[64, 32] pitch 32
   float* const t_row_max = reinterpret_cast<float*>(prt_base + 9216);  // f32[64] pitch 64
   float f_row_sum[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
@@ -491,44 +490,73 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
       }
     }
   }
-  // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+  // if any[64, 32](!(finite(v[row, col])))
   {
+    bool prt_any_mine = false;
     for (int i = tid; i < 2048; i += 128) {
       const int r = i / 32, c = i % 32;
-      t_v_bad[(r) * 32 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? 0.0f : 1.0f));
+      prt_any_mine |= ((!isfinite(prt::to_f32(t_v[(r) * 36 + (c)]))));
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // v_bad[row, col] = select(finite(v[row, col]), 0.0, 1.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_v_bad[(r) * 32 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? 0.0f : 1.0f));
+        }
+      }
+      __syncthreads();
+      // v_bad = cumsum(v_bad, axis=0)
+      {
+        for (int o = warp; o < 32; o += 4) {
+          float run[2];
+          float total = 0.0f;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            total += j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
+            run[u] = total;
+          }
+          const float incl = prt::warp_inclusive_sum(total, lane);
+          const float up = __shfl_up_sync(0xffffffffu, incl, 1);
+          const float before = lane == 0 ? 0.0f : up;
+          #pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int j = lane * 2 + u, i = j;
+            if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
+          }
+        }
+      }
+      __syncthreads();
+      // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
+      {
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int u = warp + j * 4;
+          const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
+          (void)n0;
+          #pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
+              f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 32 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
+            }
+          }
+        }
+      }
+      // v[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_v[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? prt::to_f32(t_v[(r) * 36 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   __syncthreads();
-  // v_bad = cumsum(v_bad, axis=0)
-  {
-    for (int o = warp; o < 32; o += 4) {
-      float run[2];
-      float total = 0.0f;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int j = lane * 2 + u, i = j;
-        total += j < 64 ? prt::to_f32(t_v_bad[(i) * 32 + (o)]) : 0.0f;
-        run[u] = total;
-      }
-      const float incl = prt::warp_inclusive_sum(total, lane);
-      const float up = __shfl_up_sync(0xffffffffu, incl, 1);
-      const float before = lane == 0 ? 0.0f : up;
-      #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int j = lane * 2 + u, i = j;
-        if (j < 64) t_v_bad[(i) * 32 + (o)] = prt::from_f32<__nv_bfloat16>(run[u] + before);
-      }
-    }
-  }
-  // v_finite[row, col] = select(finite(v[row, col]), v[row, col], 0.0)
-  {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_v_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_v[(r) * 36 + (c)])) ? prt::to_f32(t_v[(r) * 36 + (c)]) : 0.0f));
-    }
-  }
-  __syncthreads();
-  // acc += mma.fmaFrag(p, v_finite) [64x32 in 16x32 units over 4 warps]
+  // acc += mma.fmaFrag(p, v) [64x32 in 16x32 units over 4 warps]
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
@@ -540,28 +568,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
         const float a0 = prt::to_f32(t_p[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_p[(m0 + g + 8) * 68 + (kk)]);
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const float b0 = prt::to_f32(t_v_finite[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v_finite[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+          const float b0 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_v[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
           acc[q][0] = fmaf(a0, b0, acc[q][0]);
           acc[q][1] = fmaf(a0, b1, acc[q][1]);
           acc[q][2] = fmaf(a1, b0, acc[q][2]);
           acc[q][3] = fmaf(a1, b1, acc[q][3]);
-        }
-      }
-    }
-  }
-  // acc[row, col] = select((v_bad[row, col] > 0.0), NaN, acc[row, col])
-  {
-    #pragma unroll
-    for (int j = 0; j < 1; ++j) {
-      const int u = warp + j * 4;
-      const int m0 = (u / 1) * 16, n0 = (u % 1) * 32;
-      (void)n0;
-      #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + prt::frag_row(lane, e), c = n0 + q * 8 + prt::frag_col(lane, e);
-          f_acc[j][q][e] = ((prt::to_f32(t_v_bad[(r) * 32 + (c)]) > 0.0f) ? __int_as_float(0x7fc00000) : f_acc[j][q][e]);
         }
       }
     }
@@ -606,6 +617,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
         }
       }
     }
+    __syncthreads();
     // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -645,7 +657,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
         }
       }
     }
-    __syncthreads();
     // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -744,7 +755,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c128_
             }
           }
         }
-        __syncthreads();
         // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
@@ -11611,9 +11621,9 @@ extern "C" __global__ void __launch_bounds__(128) prt_state_copy_p2_d32_e32_c128
 #include <cuda_runtime.h>
 
 extern "C" cudaError_t prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, float* g_numA, float* g_denA, float* g_maxA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 78608);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 69392);
   if (err != cudaSuccess) return err;
-  prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 78608, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 69392, stream>>>(g_Q, g_K, g_V, g_logG, g_numA, g_denA, g_maxA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -80,6 +80,13 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
  * column factors. */
 __device__ __forceinline__ float2 lds_f32x2(const float* p) { return *reinterpret_cast<const float2*>(p); }
 
+/** Eight 16-bit elements of a shared tile (16-byte aligned) in one load, as four words, element
+ * u in the half u & 1 of word u >> 1 (b16_half): an `if any` vote over a bf16 / f16 tile. */
+template <typename T> __device__ __forceinline__ void lds_b16x8(const T* p, uint32_t (&w)[4]) {
+  const uint4 x = *reinterpret_cast<const uint4*>(p);
+  w[0] = x.x, w[1] = x.y, w[2] = x.z, w[3] = x.w;
+}
+
 /** A 16-byte-aligned pointer test, for the uniform fast-path checks of async loads. */
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

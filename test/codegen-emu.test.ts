@@ -88,9 +88,18 @@ describe("generated CUDA == interpreter, d 64, chunk 128, bf16, update_state_bwd
   emulatedAgainstInterpreter(MAIN_SPEC, ["update_state_bwd"], { ...PARAMS, t: 140, n: 2 }, (k, s) =>
     k.name === "update_state_bwd" ? { numWarps: 16, blockD: 0, blockT: s.chunk, stages: 2 } : k.schedule(s)));
 
+// ... with non-finite values of V on and off the diagonal blocks: the forward's diagonal block votes
+// and takes its masked path (dsl/kernels/attention.ts), whose NaN columns must be the interpreter's
+const NON_FINITE_V: readonly [number, number][] = [[150, 5], [131, 9], [20, 7], [299, 63]]; // (token, column), h = 1
+describe("generated CUDA == interpreter, d 64, chunk 128, bf16, attention with non-finite V", () =>
+  emulatedAgainstInterpreter(MAIN_SPEC, ["attention", "attention_y"], { ...PARAMS, t: 300, n: 3, window: 128 }, undefined, (inputs) => {
+    const v = inputs["V"]!;
+    NON_FINITE_V.forEach(([t, c], i) => (v[t * MAIN_SPEC.e + c] = [Infinity, -Infinity, NaN, Infinity][i]!));
+  }));
+
 function emulatedAgainstInterpreter(
   spec: { deg: number; d: number; e: number; chunk: number; dtype: DType }, only: readonly string[] | null, PARAMS: typeof PARAMS_,
-  scheduleFor?: (k: KernelDef, s: Spec) => Schedule,
+  scheduleFor?: (k: KernelDef, s: Spec) => Schedule, poke?: (inputs: Record<string, Float32Array>) => void,
 ): void {
   const { dtype } = spec;
   const selection: Selection = { degs: [spec.deg], ds: [spec.d], es: null, chunks: [spec.chunk], dtypes: [dtype], archs: ["sm_80", "sm_90a"], kernels: only };
@@ -126,6 +135,7 @@ function emulatedAgainstInterpreter(
           ? roundArray(Array.from({ length: n }, () => (gate ? -rand() : 2 * rand() - 1)), t.dtype)
           : new Float32Array(n).fill(NaN);
     }
+    poke?.(inputs);
     const want = Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, v.slice()]));
     interpret(kernel, { tensors: want, params });
     const grid = kernel.grid.map((e) => evalUniform(e, params)) as [number, number, number];

@@ -485,6 +485,43 @@ describe("elide-barriers", () => {
   });
 });
 
+describe("elide-barriers around a block vote", () => {
+  it("the vote reads its tile after a barrier, and is itself one: the branches write it without another", () => {
+    const k = kernel("vote", 4, (k) => {
+      const X = k.tensor("X", "bf16", [64, 64], "in");
+      const Y = k.tensor("Y", "bf16", [64, 64], "out");
+      const x = k.shared("x", [64, 64], "bf16");
+      const z = k.shared("z", [64, 64], "bf16");
+      k.load(x, X, [range(0, 64), range(0, 64)]);
+      k.map(z, ({ row, col }) => x.at(i32(63).sub(row), col)); // reads x's other rows
+      // the vote reads z, which other threads wrote (a barrier first); the branches overwrite x,
+      // which other threads read, after the vote (no barrier of their own)
+      k.if(k.any(z, ({ row, col }) => z.at(row, col).isFinite().not()), () => k.fill(x, 0), () => k.map(x, ({ row, col }) => x.at(row, col).add(1)));
+      k.store(Y, [range(0, 64), range(0, 64)], x);
+    });
+    const { after } = pair(k, "elide-barriers");
+    expect(after).toMatchInlineSnapshot(`
+      "kernel vote() grid (1, 1, 1) warps 4 smem 16384
+        in X: bf16[64, 64]
+        out Y: bf16[64, 64]
+        smem x: bf16[64, 64] @0
+        smem z: bf16[64, 64] @8192
+        x = load.async X[0:+64, 0:+64]
+        async.commit
+        async.wait 0
+        barrier
+        z[row, col] = x[(63 - row), col]
+        barrier
+        if any[64, 64](!(finite(z[row, col]))):
+          x[row, col] = 0.0
+        else:
+          x[row, col] = (x[row, col] + 1.0)
+        store Y[0:+64, 0:+64] = x
+      "
+    `);
+  });
+});
+
 describe("elide-barriers over register fragments", () => {
   it("a row reduce of fragments waits only for its scratch (here bytes shared with a, read by the mma); its result is read per row, and maps over one tiling chain, without barriers", () => {
     const k = kernel("softmax", 4, (k) => {

@@ -9,14 +9,14 @@
 // Register fragments are thread-private and never need one. Async copies count as written when waited for.
 
 import { printLStmt, printTiling } from "../lir-print.ts";
-import { bufferOf, exprReads, mapFragReads, readNodes, smemTileBytes, stmtAccess, type LKernel, type LStmt } from "../lir.ts";
+import { bodiesOf, bufferOf, exprReads, mapFragReads, readNodes, smemTileBytes, stmtAccess, withBodies, type LKernel, type LStmt } from "../lir.ts";
 
 export function insertBarriers(k: LKernel): LKernel {
   const list = (body: readonly LStmt[], loop: boolean): LStmt[] => {
     const out: LStmt[] = [];
     body.forEach((s, i) => {
       if (i > 0) out.push({ kind: "barrier" });
-      out.push(s.kind === "for" ? { ...s, body: list(s.body, true) } : s.kind === "if" ? { ...s, body: list(s.body, false) } : s);
+      out.push(withBodies(s, (b) => list(b, s.kind === "for")));
     });
     if (loop && out.length) out.push({ kind: "barrier" });
     return out;
@@ -55,7 +55,7 @@ const EMPTY: Access = new Map();
 function walkBarriers(body: readonly LStmt[], f: (b: LStmt) => void): void {
   for (const s of body) {
     if (s.kind === "barrier") f(s);
-    if (s.kind === "for" || s.kind === "if") walkBarriers(s.body, f);
+    for (const b of bodiesOf(s)) walkBarriers(b, f);
   }
 }
 
@@ -179,7 +179,9 @@ export function elideBarriers(k: LKernel): LKernel {
         }
         case "if": {
           st = access(s, st);
-          st = merge(st, visit(s.body, st));
+          // an `any` condition is a block vote (__syncthreads_or): a barrier after its reads
+          if (s.cond.op === "any") st = { ...st, written: EMPTY, read: EMPTY, cand: null };
+          st = merge(visit(s.body, st), s.orelse ? visit(s.orelse, st) : st);
           break;
         }
         default:
@@ -193,6 +195,6 @@ export function elideBarriers(k: LKernel): LKernel {
   const prune = (body: readonly LStmt[]): LStmt[] =>
     body
       .filter((s) => s.kind !== "barrier" || kept.has(s))
-      .map((s) => (s.kind === "for" || s.kind === "if" ? { ...s, body: prune(s.body) } : s));
+      .map((s) => withBodies(s, prune));
   return { ...k, body: prune(k.body) };
 }

@@ -13,7 +13,7 @@
 // The wait is followed by a register fence of the accumulator (prt::wgmma_fence_regs), so the
 // compiler cannot move its reads above the wait.
 
-import { bufferOf, regionsOverlap, smemRegion, stmtAccess, walkStmts, type LKernel, type LMma, type LStmt } from "../lir.ts";
+import { bufferOf, regionsOverlap, smemRegion, stmtAccess, walkStmts, withBodies, type LKernel, type LMma, type LStmt } from "../lir.ts";
 
 const isWgmma = (s: LStmt): boolean =>
   (s.kind === "mma" && s.impl?.kind === "wgmma") || (s.kind === "mmaGroup" && s.mmas.some((m) => m.impl?.kind === "wgmma"));
@@ -56,7 +56,7 @@ function waitPoint(k: LKernel, body: readonly LStmt[], at: number): number {
 export function deferWgmmaWaits(k: LKernel): LKernel {
   if (k.target !== "sm_90a") return k;
   const list = (body: readonly LStmt[]): LStmt[] => {
-    const out = body.map((s): LStmt => (s.kind === "for" || s.kind === "if" ? { ...s, body: list(s.body) } : s));
+    const out = body.map((s): LStmt => withBodies(s, list));
     for (let i = 0; i < out.length; i++) {
       const s = out[i]!;
       if (s.kind !== "mma" || s.impl?.kind !== "wgmma" || s.impl.deferred || bufferOf(k, s.dst).home !== "frag") continue;

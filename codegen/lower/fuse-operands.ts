@@ -18,7 +18,7 @@
 // reads; f32 tiles read at their own element along k get a pitch that spreads the rows two apart
 // over different banks (pad-shared, rules.kRowsPitch).
 
-import { bufferOf, exprReads, mapFragReads, readNodes, sameTiling, stmtAccess, walkStmts, type LKernel, type LMap, type LMma, type LStmt } from "../lir.ts";
+import { bufferOf, exprReads, mapFragReads, readNodes, sameTiling, stmtAccess, walkStmts, withBodies, type LKernel, type LMap, type LMma, type LStmt } from "../lir.ts";
 import { ownElement } from "./fuse-maps.ts";
 import { mmaShape } from "./rules.ts";
 
@@ -105,7 +105,7 @@ export function fuseOperands(k: LKernel): LKernel {
     for (let i = 0; i < body.length; ) {
       const s = body[i]!;
       if (s.kind === "for" || s.kind === "if") {
-        out.push({ ...s, body: list(s.body) });
+        out.push(withBodies(s, list));
         i++;
         continue;
       }

@@ -6,7 +6,7 @@
 // overlap the compute of the iterations before.
 
 import type { Expr, Slice } from "../../dsl/ir.ts";
-import { exprReads, stmtAccess, walkStmts, type LKernel, type LStmt } from "../lir.ts";
+import { bodiesOf, exprReads, stmtAccess, walkStmts, withBodies, type LKernel, type LStmt } from "../lir.ts";
 
 type Load = Extract<LStmt, { kind: "load" }>;
 type For = Extract<LStmt, { kind: "for" }>;
@@ -36,6 +36,8 @@ export function substituteVar(e: Expr, name: string, by: Expr): Expr {
       return { ...e, a: substituteVar(e.a, name, by), b: substituteVar(e.b, name, by) };
     case "select":
       return { ...e, cond: substituteVar(e.cond, name, by), a: substituteVar(e.a, name, by), b: substituteVar(e.b, name, by) };
+    case "any":
+      return { ...e, pred: substituteVar(e.pred, name, by) };
     default:
       return e;
   }
@@ -68,8 +70,8 @@ function accessesOutside(k: LKernel, loop: LStmt, tile: string): boolean {
     for (const s of body) {
       if (s === loop) [seen, enclosed] = [true, inLoop];
       else if ((s.kind === "for" || s.kind === "if") && holdsLoop(s)) {
-        if (touches([{ ...s, body: [] }])) after = true; // its bounds or condition: conservatively out
-        visit(s.body, inLoop || s.kind === "for");
+        if (touches([{ ...s, body: [], ...(s.kind === "if" ? { orelse: undefined } : {}) }])) after = true; // its bounds or condition: conservatively out
+        for (const b of bodiesOf(s)) visit(b, inLoop || s.kind === "for");
       } else if (touches([s])) {
         if (seen) after = true;
         else before = true;
@@ -150,7 +152,7 @@ export function pipelineLoops(k: LKernel): LKernel {
   const copies = new Map<string, number>();
   const list = (body: readonly LStmt[]): LStmt[] =>
     body.flatMap((s) => {
-      if (s.kind === "if") return [{ ...s, body: list(s.body) }];
+      if (s.kind === "if") return [withBodies(s, list)];
       if (s.kind !== "for") return [s];
       const inner: For = { ...s, body: list(s.body) };
       return pipelineLoop(k, inner, s, copies);

@@ -3,7 +3,7 @@
 // outermost loop); tiles whose live ranges do not overlap share bytes. First fit, largest first
 // among tiles born at the same point, offsets 16-byte aligned (cp.async, ldmatrix).
 
-import { smemTileBytes, stmtAccess, walkStmts, type LKernel, type LStmt } from "../lir.ts";
+import { bodiesOf, smemTileBytes, stmtAccess, walkStmts, type LKernel, type LStmt } from "../lir.ts";
 import { SMEM_ALIGN, SWIZZLE_BASE_SLACK, swizzleAlign } from "./rules.ts";
 
 /** Live range [first, last] of every tile, in pre-order statement positions. */
@@ -13,7 +13,7 @@ export function liveRanges(k: LKernel): Map<string, [number, number]> {
   const number = (body: readonly LStmt[]): void => {
     for (const s of body) {
       const start = pos++;
-      if (s.kind === "for" || s.kind === "if") number(s.body);
+      for (const b of bodiesOf(s)) number(b);
       span.set(s, [start, pos - 1]);
     }
   };

@@ -3,7 +3,7 @@
 // (zero-filled past the tensor's end; a scalar path covers run-time misalignment). A run of
 // such loads forms one commit group, waited for right after the run.
 
-import type { LKernel, LStmt } from "../lir.ts";
+import { withBodies, type LKernel, type LStmt } from "../lir.ts";
 import { whyNotAsync } from "./rules.ts";
 
 export function selectLoads(k: LKernel): LKernel {
@@ -21,7 +21,7 @@ export function selectLoads(k: LKernel): LKernel {
         continue;
       }
       close();
-      out.push(s.kind === "for" || s.kind === "if" ? { ...s, body: list(s.body) } : s);
+      out.push(withBodies(s, list));
     }
     close();
     return out;

@@ -90,7 +90,6 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const w = k.reg("w", [B, B], "f32"); // scores, then log-weights
     const pt = k.reg("p", [B, B], dtype); // exp(w - rowMax) in [0, 1], the mma operand
     const acc = k.reg("acc", [B, e], "f32");
-    const vFinite = k.shared("v_finite", [B, e], dtype); // the diagonal block's v, non-finite entries as 0
     const vBad = k.shared("v_bad", [B, e], "bf16"); // its non-finite entries counted down the rows (<= B: exact in bf16)
     const rowMax = k.reg("row_max", [B], "f32");
     const rowSum = k.reg("row_sum", [B], "f32");
@@ -163,14 +162,18 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
         return;
       }
       // The diagonal block: the mma multiplies the masked weights (0) by v_j too, and 0 * inf would
-      // put NaN in the rows before j. So v enters with its non-finite entries as 0, and row i,
-      // column c is NaN afterwards when some v_jc, j <= i, was not finite (the reference gives inf
-      // or NaN there; README "Non-finite inputs").
-      k.map(vBad, ({ row, col }) => select(vt.at(row, col).isFinite(), 0, 1));
-      k.cumsum(vBad, vBad, 0); // [B, e]: non-finite v_jc with j <= row
-      k.map(vFinite, ({ row, col }) => select(vt.at(row, col).isFinite(), vt.at(row, col), 0));
-      k.mma(acc, pt, vFinite, { accumulate: true });
-      k.map(acc, ({ row, col }) => select(vBad.at(row, col).gt(0), NaN, acc.at(row, col)));
+      // put NaN in the rows before j. So when the block holds a non-finite v (the block votes;
+      // rare), row i, column c of the sums becomes NaN when some v_jc, j <= i, is not finite (the
+      // reference gives inf or NaN there; README "Non-finite inputs"; NaN stays NaN through every
+      // sum after), and v enters the mma with its non-finite entries as 0. Otherwise v enters as it
+      // is: the column count costs more than the rest of the block (Nsight Compute, 2026-12-07).
+      k.if(k.any(vt, ({ row, col }) => vt.at(row, col).isFinite().not()), () => {
+        k.map(vBad, ({ row, col }) => select(vt.at(row, col).isFinite(), 0, 1));
+        k.cumsum(vBad, vBad, 0); // [B, e]: non-finite v_jc with j <= row
+        k.map(acc, ({ row, col }) => select(vBad.at(row, col).gt(0), NaN, acc.at(row, col)));
+        k.map(vt, ({ row, col }) => select(vt.at(row, col).isFinite(), vt.at(row, col), 0));
+      });
+      k.mma(acc, pt, vt, { accumulate: true });
     };
 
     keyBlock(q0, true);
@@ -202,16 +205,19 @@ function candidates(cap: number): Schedule[] {
   return tileSizes(cap, 128).map((blockT) => ({ numWarps: blockT / 16, blockD: 0, blockT, stages: 2 }));
 }
 
-/** Shared-memory bytes of a schedule: the shared tiles, the streamed k, v and gates once per stage. The
- * `reg` tiles (scores, weights, the accumulator, row statistics) are registers in the lowering
+/** Shared-memory bytes of a schedule: the shared tiles, the streamed k, v and gates once per stage,
+ * each row of a 2-D tile with sm_80's 16 bytes of padding (lower/pad-shared.ts). The `reg` tiles
+ * (scores, weights, the accumulator, row statistics) are registers in the lowering
  * (place-fragments), 4 B / 16 per thread and element at 16 rows a warp: B = 128, d = e = 64 takes
  * 128 of them per thread. */
 function sharedBytes(s: Spec, sch: Schedule, epilogue: Epilogue): number {
   const k = build(s, sch, epilogue);
-  const shared = k.buffers.filter((b) => b.type.space === "shared").reduce((sum, b) => sum + b.type.shape.reduce((x, y) => x * y, 1) * dtypeBytes(b.type.dtype), 0);
+  const B = sch.blockT, row = (cols: number, bytes: number): number => cols * bytes + 16;
+  const shared = k.buffers.filter((b) => b.type.space === "shared")
+    .reduce((sum, b) => sum + (b.type.shape.length === 2 ? b.type.shape[0]! * row(b.type.shape[1]!, dtypeBytes(b.type.dtype)) : b.type.shape[0]! * dtypeBytes(b.type.dtype)), 0);
   // f32 mmas run on FMA, which take no operand from registers: the weights p stay a shared tile
-  const weights = s.dtype === "f32" ? sch.blockT * sch.blockT * 4 : 0;
-  return shared + weights + (sch.stages - 1) * sch.blockT * ((s.d + s.e) * dtypeBytes(s.dtype) + 4); // + an f32 gate a row
+  const weights = s.dtype === "f32" ? B * row(B, 4) : 0;
+  return shared + weights + (sch.stages - 1) * B * (row(s.d, dtypeBytes(s.dtype)) + row(s.e, dtypeBytes(s.dtype)) + 4); // + an f32 gate a row
 }
 
 /** Shared memory of an SM that blocks share (H100 and H200: 228 KB, less 1 KB reserved per block). */

@@ -120,6 +120,9 @@ struct Block {
   std::vector<Group> groups;
   int arrivedBarrier = 0;
   unsigned long barrierGen = 0;
+  // __syncthreads_or: the votes of the generation in progress, and the last completed one's answer
+  // (read by the waiters after the release; the next answer needs every thread to arrive again)
+  bool voteAcc = false, voteResult = false;
   int current = -1;
   ucontext_t sched;
   void (*body)() = nullptr;
@@ -171,11 +174,14 @@ template <typename F> inline void group_sync(F last) {
   self().wait = 0;
 }
 
-inline void syncthreads() {
+inline void syncthreads(bool vote = false) {
   const unsigned long gen = block->barrierGen;
+  block->voteAcc = block->voteAcc || vote;
   if (++block->arrivedBarrier == block->threads) {
     block->arrivedBarrier = 0;
     block->barrierGen++;
+    block->voteResult = block->voteAcc;
+    block->voteAcc = false;
     return;
   }
   Fiber& f = self();
@@ -248,6 +254,10 @@ inline void run_block(unsigned bx, unsigned by, unsigned bz, int threads, bool r
 }  // namespace emu
 
 inline void __syncthreads() { emu::syncthreads(); }
+inline int __syncthreads_or(int pred) {
+  emu::syncthreads(pred != 0);
+  return emu::block->voteResult ? 1 : 0;
+}
 
 inline float __shfl_xor_sync(unsigned, float v, int o) {
   auto& w = emu::warp();
@@ -384,6 +394,11 @@ template <int Size> void cp_async(void* smem, const void* gmem, int src_bytes) {
 inline float2 lds_f32x2(const float* p) {
   if (reinterpret_cast<uintptr_t>(p) % 8) { std::fprintf(stderr, "emu: lds_f32x2 address not 8-byte aligned\n"); std::exit(3); }
   return {p[0], p[1]};
+}
+/** Eight 16-bit elements in one 16-byte load: the address must be 16-byte aligned, as on the GPU. */
+template <typename T> inline void lds_b16x8(const T* p, uint32_t (&w)[4]) {
+  if (reinterpret_cast<uintptr_t>(p) % 16) { std::fprintf(stderr, "emu: lds_b16x8 address not 16-byte aligned\n"); std::exit(3); }
+  std::memcpy(w, p, 16);
 }
 inline void cp_async_16(void* smem, const void* gmem, int src_bytes) { cp_async<16>(smem, gmem, src_bytes); }
 inline void cp_async_4(void* smem, const void* gmem, int src_bytes) { cp_async<4>(smem, gmem, src_bytes); }

@@ -136,6 +136,24 @@ describe("interpreter ops", () => {
     expect(Array.from(Y)).toEqual([0, 0, roundBF16(roundBF16(1.001) + 1.001), roundBF16(roundBF16(1.001) + 1.001)]);
   });
 
+  it("a block vote (any) picks the branch: body when the predicate holds somewhere, else orelse", () => {
+    const kern = traceKernel("vote_test", 1, "", (k) => {
+      const X = k.tensor("X", "f32", [2, 4], "in");
+      const Y = k.tensor("Y", "f32", [2], "out");
+      const x = k.shared("x", [2, 4], "f32");
+      const y = k.reg("y", [2], "f32");
+      k.load(x, X, [range(0, 2), range(0, 4)]);
+      k.if(k.any(x, ({ row, col }) => x.at(row, col).isFinite().not()), () => k.fill(y, 1), () => k.fill(y, 2));
+      k.store(Y, [range(0, 2)], y);
+    });
+    for (const [bad, want] of [[null, 2], [Infinity, 1], [NaN, 1]] as const) {
+      const X = new Float32Array(8).fill(0.5), Y = new Float32Array(2);
+      if (bad !== null) X[6] = bad;
+      interpret(kern, { tensors: { X, Y }, params: {} });
+      expect(Array.from(Y), `X[6] = ${bad}`).toEqual([want, want]);
+    }
+  });
+
   it("tiles start as NaN: reading an unwritten element poisons the output", () => {
     const kern = traceKernel("nan_test", 1, "", (k) => {
       const Y = k.tensor("Y", "f32", [2], "out");

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { range, traceKernel } from "../../dsl/builder.ts";
+import { i32, range, select, traceKernel } from "../../dsl/builder.ts";
 import { printKernel } from "../../dsl/print.ts";
 import { validateKernel } from "../../dsl/validate.ts";
 
@@ -42,5 +42,24 @@ describe("validator", () => {
     const errs = validateKernel(k).join("\n");
     expect(errs).toMatch(/program-uniform/);
     expect(errs).toMatch(/'col' used in a map over a 1-D tile/);
+  });
+  it("takes a block vote (any) over tiles only as the whole condition of an if", () => {
+    const ok = traceKernel("vote", 1, "", (k) => {
+      const x = k.shared("x", [4, 8], "bf16");
+      k.fill(x, 0);
+      k.if(k.any(x, ({ row, col }) => x.at(row, col).isFinite().not().and(col.gt(row))), () => k.fill(x, 1), () => k.fill(x, 2));
+    });
+    expect(validateKernel(ok)).toEqual([]);
+    const bad = traceKernel("vote_bad", 1, "", (k) => {
+      const x = k.shared("x", [4, 8], "bf16");
+      const y = k.reg("y", [4], "f32");
+      k.fill(x, 0);
+      k.if(k.any(x, ({ row, col }) => x.at(row, col).gt(0)).and(i32(1).gt(0)), () => k.fill(x, 1)); // not the whole condition
+      k.if(k.any(x, ({ row, col }) => x.at(row, col)), () => k.fill(x, 1)); // not a bool
+      k.map(y, ({ row }) => select(k.any(x, ({ col }) => x.at(row, col).gt(0)), 1, 0)); // in a map
+    });
+    const errs = validateKernel(bad).join("\n");
+    expect(errs.match(/any: only as the whole condition of an if/g)?.length).toBe(2);
+    expect(errs).toMatch(/if any: the predicate must be bool, got f32/);
   });
 });
