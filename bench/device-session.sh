@@ -40,7 +40,8 @@ for step in "${@:-all}"; do
       for c in $CHUNKS; do node bench/table.mjs "$OUT/ours-c$c.log" "$OUT/sdpa.log" | tee "$OUT/table-c$c.md"; done
       python3 bench/report.py "$OUT/ours-c${CHUNKS%% *}.log" "$OUT/sdpa.log" "$OUT" "${COMMIT:-unknown}" || echo "report failed" ;;&
     python|all)
-      PYTHONPATH=$PWD/runtime/python timeout ${PY_LIMIT:-240} python3 -m pytest runtime/python/tests -q -rs -s -x > "$OUT/python-tests.log" 2>&1
+      # PY_K: a pytest -k selection (e.g. the tests whose specs a DEV_SPECS build has)
+      PYTHONPATH=$PWD/runtime/python timeout ${PY_LIMIT:-240} python3 -m pytest runtime/python/tests -q -rs -s -x ${PY_K:+-k "$PY_K"} > "$OUT/python-tests.log" 2>&1
       echo "python tests rc=$?"; tail -15 "$OUT/python-tests.log" ;;&
     autotune)
       cp codegen/schedules.json "$OUT/schedules.json"
