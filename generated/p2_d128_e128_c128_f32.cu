@@ -122,10 +122,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
   float* const t_shift = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
   float* const t_fk = reinterpret_cast<float*>(prt_base + 94224);  // f32[32] pitch 32
   float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
-  // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
+  // q = load.async Q[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -161,10 +161,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -242,10 +242,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // k = load.async K[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -281,10 +281,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // v = load.async V[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -518,11 +518,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+  if ((0 < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+    // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -559,10 +559,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -598,10 +598,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -614,13 +614,13 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
+    const int v_i0_end = (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+        // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -657,10 +657,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -696,10 +696,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -893,10 +893,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
+  // store numA[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -918,10 +918,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
   }
-  // store denA[pid.z, (pid.x * 32):+32, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -939,10 +939,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c128
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 32):+32, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -6762,10 +6762,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
   float* const t_sk = reinterpret_cast<float*>(prt_base + 110736);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
+  // q = load.async Q[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -6801,10 +6801,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
+  // dy = load.async dY[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -6840,10 +6840,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // lse_i = load.async lse[pid.z, (pid.x * 32):+32, pid.y]
+  // lse_i = load.async lse[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -6853,10 +6853,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, pid.y]
+  // Dy_i = load.async Dy[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -6899,10 +6899,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -6959,10 +6959,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // k = load.async K[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -6998,10 +6998,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // v = load.async V[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -7166,11 +7166,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+    // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -7180,10 +7180,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -7219,10 +7219,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -7261,13 +7261,13 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
+    const int v_i0_end = (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+        // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -7278,10 +7278,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -7317,10 +7317,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -7531,10 +7531,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
+  // store dQa[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -7556,10 +7556,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 32):+32, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;

@@ -122,10 +122,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
   float* const t_shift = reinterpret_cast<float*>(prt_base + 89104);  // f32[32] pitch 32
   float* const t_fk = reinterpret_cast<float*>(prt_base + 94224);  // f32[32] pitch 32
   float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
-  // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
+  // q = load.async Q[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -161,10 +161,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -242,10 +242,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // k = load.async K[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -281,10 +281,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // v = load.async V[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -518,11 +518,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+  if ((0 < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+    // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -559,10 +559,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -598,10 +598,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -614,13 +614,13 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
+    const int v_i0_end = (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+        // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -657,10 +657,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -696,10 +696,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -893,10 +893,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
+  // store numA[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -918,10 +918,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       }
     }
   }
-  // store denA[pid.z, (pid.x * 32):+32, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -939,10 +939,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_p2_d128_e128_c64_
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 32):+32, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -1075,10 +1075,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
   float* const t_fk = reinterpret_cast<float*>(prt_base + 94352);  // f32[32] pitch 32
   float* const t_row_factor = reinterpret_cast<float*>(prt_base + 94480);  // f32[32] pitch 32
   float f_lse_t[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
+  // q = load.async Q[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -1114,10 +1114,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1185,10 +1185,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // k = load.async K[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1224,10 +1224,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // v = load.async V[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1453,11 +1453,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+  if ((0 < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+    // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1494,10 +1494,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1533,10 +1533,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1549,13 +1549,13 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
+    const int v_i0_end = (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+        // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1592,10 +1592,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1631,10 +1631,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1852,10 +1852,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
   }
-  // store Y[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
+  // store Y[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -1877,10 +1877,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
   }
-  // store yF[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
+  // store yF[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
@@ -1902,10 +1902,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_y_p2_d128_e128_c6
       }
     }
   }
-  // store lse[pid.z, (pid.x * 32):+32, pid.y] = lse_t
+  // store lse[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y] = lse_t
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -7729,10 +7729,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
   float* const t_sk = reinterpret_cast<float*>(prt_base + 110736);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
+  // q = load.async Q[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -7768,10 +7768,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
+  // dy = load.async dY[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -7807,10 +7807,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // lse_i = load.async lse[pid.z, (pid.x * 32):+32, pid.y]
+  // lse_i = load.async lse[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -7820,10 +7820,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, pid.y]
+  // Dy_i = load.async Dy[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -7866,10 +7866,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -7926,10 +7926,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // k = load.async K[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -7965,10 +7965,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // v = load.async V[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -8133,11 +8133,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+    // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -8147,10 +8147,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -8186,10 +8186,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -8228,13 +8228,13 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
+    const int v_i0_end = (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+        // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -8245,10 +8245,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -8284,10 +8284,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -8498,10 +8498,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
+  // store dQa[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -8523,10 +8523,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 32):+32, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -15856,10 +15856,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
   float* const t_sk = reinterpret_cast<float*>(prt_base + 110736);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
+  // q = load.async Q[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -15895,10 +15895,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
+  // dy = load.async dY[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -15934,10 +15934,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  // lse_i = load.async lse[pid.z, (pid.x * 32):+32, pid.y]
+  // lse_i = load.async lse[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -15947,10 +15947,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load.async Dy[pid.z, (pid.x * 32):+32, pid.y]
+  // Dy_i = load.async Dy[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -15993,10 +15993,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -16053,10 +16053,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // k = load.async K[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -16092,10 +16092,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 32):+32, (pid.y // ($hq // $h)), 0:+128]
+  // v = load.async V[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, (pid.y // ($hq // $h)), 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -16260,11 +16260,11 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-    // gk = load.async logG[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+    // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -16274,10 +16274,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -16313,10 +16313,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
+    // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 32) - ((0 + 1) * 32));
+      const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - ((0 + 1) * 32));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -16355,13 +16355,13 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32);
+    const int v_i0_end = (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 32) - (((static_cast<int>(blockIdx.x) * 32) / p_window) * p_window)) / 32))) {
-        // gk = load.async logG[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
+        // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -16372,10 +16372,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -16411,10 +16411,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - (((i0 + 1) + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 32) - (((v_i0 + 1) + 1) * 32));
+          const int s1 = ((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((v_i0 + 1) + 1) * 32));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -16625,10 +16625,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
     }
   }
   prt::cp_async_wait<0>();
-  // store dQ[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc
+  // store dQ[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQ_d0 && a2 >= 0 && a2 < g_dQ_d2;
@@ -16650,10 +16650,10 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 32):+32, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 32);
+    const int s1 = (((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;

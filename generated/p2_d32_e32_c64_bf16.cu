@@ -123,10 +123,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_fk = reinterpret_cast<float*>(prt_base + 21504);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -162,10 +162,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -253,10 +253,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -292,10 +292,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -609,11 +609,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     prt::wgmma_commit();
     prt::wgmma_wait<0>();
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -651,10 +651,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     }
     prt::fence_proxy_async();
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -690,10 +690,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -706,13 +706,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -750,10 +750,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -789,10 +789,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1069,10 +1069,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store numA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -1094,10 +1094,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
-  // store denA[pid.z, (pid.x * 64):+64, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -1115,10 +1115,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 64):+64, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -1250,10 +1250,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_fk = reinterpret_cast<float*>(prt_base + 26624);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -1289,10 +1289,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1378,10 +1378,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1417,10 +1417,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1751,11 +1751,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1792,10 +1792,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1831,10 +1831,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1847,13 +1847,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1890,10 +1890,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1929,10 +1929,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -2227,10 +2227,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store numA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -2252,10 +2252,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
-  // store denA[pid.z, (pid.x * 64):+64, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -2273,10 +2273,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_b
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 64):+64, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -2419,10 +2419,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   float* const t_fk = reinterpret_cast<float*>(prt_base + 43008);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
-  // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -2458,10 +2458,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -2549,10 +2549,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -2588,10 +2588,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -2905,11 +2905,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     prt::wgmma_commit();
     prt::wgmma_wait<0>();
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
+  if ((0 < (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -2947,10 +2947,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
     }
     prt::fence_proxy_async();
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -2986,10 +2986,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -3002,13 +3002,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
+    const int v_i0_end = (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -3046,10 +3046,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -3085,10 +3085,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -3396,10 +3396,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store Y[pid.z, (pid.x * 128):+128, pid.y, 0:+32] = acc
+  // store Y[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -3421,10 +3421,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store yF[pid.z, (pid.x * 128):+128, pid.y, 0:+32] = acc
+  // store yF[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
@@ -3446,10 +3446,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store lse[pid.z, (pid.x * 128):+128, pid.y] = lse_t
+  // store lse[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y] = lse_t
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -3585,10 +3585,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   float* const t_fk = reinterpret_cast<float*>(prt_base + 53248);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x32 in 16x32 units over 8 warps
-  // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -3624,10 +3624,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -3713,10 +3713,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -3752,10 +3752,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -4086,11 +4086,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
+  if ((0 < (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -4127,10 +4127,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -4166,10 +4166,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -4182,13 +4182,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
+    const int v_i0_end = (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -4225,10 +4225,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -4264,10 +4264,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -4593,10 +4593,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store Y[pid.z, (pid.x * 128):+128, pid.y, 0:+32] = acc
+  // store Y[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -4618,10 +4618,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store yF[pid.z, (pid.x * 128):+128, pid.y, 0:+32] = acc
+  // store yF[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
@@ -4643,10 +4643,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store lse[pid.z, (pid.x * 128):+128, pid.y] = lse_t
+  // store lse[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y] = lse_t
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -9769,10 +9769,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float* const t_sk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -9808,10 +9808,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -9849,10 +9849,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -9868,10 +9868,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -9918,10 +9918,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -9998,10 +9998,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -10037,10 +10037,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -10223,11 +10223,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   }
   prt::fence_proxy_async();
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -10237,10 +10237,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -10276,10 +10276,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -10318,13 +10318,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -10336,10 +10336,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -10375,10 +10375,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -10630,10 +10630,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store dQa[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -10655,10 +10655,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -10814,10 +10814,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float* const t_sk = reinterpret_cast<float*>(prt_base + 32000);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 10240);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -10853,10 +10853,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -10894,10 +10894,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -10913,10 +10913,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -10963,10 +10963,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11041,10 +11041,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -11080,10 +11080,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -11295,11 +11295,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11309,10 +11309,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -11348,10 +11348,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -11390,13 +11390,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11407,10 +11407,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -11446,10 +11446,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -11735,10 +11735,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store dQa[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -11760,10 +11760,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -18579,10 +18579,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   float* const t_sk = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 8192);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -18618,10 +18618,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -18659,10 +18659,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -18678,10 +18678,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -18728,10 +18728,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -18808,10 +18808,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -18847,10 +18847,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -19033,11 +19033,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   }
   prt::fence_proxy_async();
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -19047,10 +19047,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -19086,10 +19086,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -19128,13 +19128,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -19146,10 +19146,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -19185,10 +19185,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -19440,10 +19440,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   prt::cp_async_wait<0>();
-  // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store dQ[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQ_d0 && a2 >= 0 && a2 < g_dQ_d2;
@@ -19465,10 +19465,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -19624,10 +19624,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   float* const t_sk = reinterpret_cast<float*>(prt_base + 32000);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 10240);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -19663,10 +19663,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -19704,10 +19704,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -19723,10 +19723,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -19773,10 +19773,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -19851,10 +19851,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -19890,10 +19890,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -20105,11 +20105,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -20119,10 +20119,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -20158,10 +20158,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -20200,13 +20200,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -20217,10 +20217,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -20256,10 +20256,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -20545,10 +20545,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   prt::cp_async_wait<0>();
-  // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store dQ[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQ_d0 && a2 >= 0 && a2 < g_dQ_d2;
@@ -20570,10 +20570,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;

@@ -123,10 +123,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
   float* const t_fk = reinterpret_cast<float*>(prt_base + 65808);  // f32[64] pitch 64
   float* const t_row_factor = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
   float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 46608);  // f32[2, 64] pitch 64
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -162,10 +162,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -243,10 +243,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -282,10 +282,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -577,11 +577,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -618,10 +618,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -657,10 +657,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -673,13 +673,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -716,10 +716,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -755,10 +755,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1001,10 +1001,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store numA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -1026,10 +1026,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
-  // store denA[pid.z, (pid.x * 64):+64, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -1047,10 +1047,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d32_e32_c64_f
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 64):+64, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -1184,10 +1184,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
   float* const t_row_factor = reinterpret_cast<float*>(prt_base + 66064);  // f32[64] pitch 64
   float f_lse_t[1][2];  // f32[64] as the rows of 64x32 in 16x32 units over 4 warps
   float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 46608);  // f32[2, 64] pitch 64
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -1223,10 +1223,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1304,10 +1304,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1343,10 +1343,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1638,11 +1638,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1679,10 +1679,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1718,10 +1718,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1734,13 +1734,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1777,10 +1777,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1816,10 +1816,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -2093,10 +2093,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store Y[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store Y[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -2118,10 +2118,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store yF[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store yF[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
@@ -2143,10 +2143,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_y_p2_d32_e32_c64
       }
     }
   }
-  // store lse[pid.z, (pid.x * 64):+64, pid.y] = lse_t
+  // store lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = lse_t
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -6162,10 +6162,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19984);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19968);  // f32[1] pitch 1
   float* const t_part_part = reinterpret_cast<float*>(prt_base + 83728);  // f32[2, 64] pitch 64
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -6201,10 +6201,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -6240,10 +6240,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -6253,10 +6253,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load.async Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -6291,10 +6291,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       t_wsum[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -6351,10 +6351,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -6390,10 +6390,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -6583,11 +6583,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -6597,10 +6597,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -6636,10 +6636,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -6678,13 +6678,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -6695,10 +6695,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -6734,10 +6734,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -7001,10 +7001,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store dQa[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -7026,10 +7026,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -11785,10 +11785,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19984);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19968);  // f32[1] pitch 1
   float* const t_part_part = reinterpret_cast<float*>(prt_base + 83728);  // f32[2, 64] pitch 64
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -11824,10 +11824,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -11863,10 +11863,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -11876,10 +11876,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load.async Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -11914,10 +11914,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       t_wsum[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11974,10 +11974,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -12013,10 +12013,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+32]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -12206,11 +12206,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -12220,10 +12220,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -12259,10 +12259,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -12301,13 +12301,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -12318,10 +12318,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -12357,10 +12357,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -12624,10 +12624,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   prt::cp_async_wait<0>();
-  // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+32] = acc
+  // store dQ[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQ_d0 && a2 >= 0 && a2 < g_dQ_d2;
@@ -12649,10 +12649,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;

@@ -123,10 +123,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
   float* const t_fk = reinterpret_cast<float*>(prt_base + 107280);  // f32[64] pitch 64
   float* const t_row_factor = reinterpret_cast<float*>(prt_base + 107536);  // f32[64] pitch 64
   float* const t_block_max_part = reinterpret_cast<float*>(prt_base + 87824);  // f32[2, 64] pitch 64
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -162,10 +162,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -233,10 +233,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -272,10 +272,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -539,11 +539,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -580,10 +580,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -619,10 +619,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -635,13 +635,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -678,10 +678,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -717,10 +717,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -943,10 +943,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store numA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -968,10 +968,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
   }
-  // store denA[pid.z, (pid.x * 64):+64, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -981,10 +981,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c128_
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 64):+64, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -5681,10 +5681,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float* const t_ck = reinterpret_cast<float*>(prt_base + 36368);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 36352);  // f32[1] pitch 1
   float* const t_part_part = reinterpret_cast<float*>(prt_base + 141072);  // f32[2, 64] pitch 64
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -5720,10 +5720,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -5759,10 +5759,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // lse_i = load.async lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load.async lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -5772,10 +5772,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_lse[base + static_cast<long long>(r) * g_lse_s1]) : static_cast<const void*>(g_lse), in ? 4 : 0);
     }
   }
-  // Dy_i = load.async Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load.async Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -5810,10 +5810,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       t_wsum[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -5870,10 +5870,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -5909,10 +5909,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -6102,11 +6102,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -6116,10 +6116,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -6155,10 +6155,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -6197,13 +6197,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -6214,10 +6214,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -6253,10 +6253,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -6520,10 +6520,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store dQa[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -6545,10 +6545,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;

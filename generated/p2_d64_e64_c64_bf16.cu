@@ -123,10 +123,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_fk = reinterpret_cast<float*>(prt_base + 41984);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -162,10 +162,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -253,10 +253,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -292,10 +292,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -599,11 +599,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
     prt::wgmma_commit();
     prt::wgmma_wait<0>();
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -641,10 +641,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
     }
     prt::fence_proxy_async();
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -680,10 +680,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -696,13 +696,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -740,10 +740,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -779,10 +779,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1059,10 +1059,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store numA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -1084,10 +1084,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  // store denA[pid.z, (pid.x * 64):+64, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -1105,10 +1105,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 64):+64, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -1240,10 +1240,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_fk = reinterpret_cast<float*>(prt_base + 47104);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -1279,10 +1279,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1368,10 +1368,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1407,10 +1407,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1731,11 +1731,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1772,10 +1772,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1811,10 +1811,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1827,13 +1827,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1870,10 +1870,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1909,10 +1909,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -2207,10 +2207,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store numA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -2232,10 +2232,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  // store denA[pid.z, (pid.x * 64):+64, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -2253,10 +2253,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_b
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 64):+64, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -2396,10 +2396,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
   float* const t_fk = reinterpret_cast<float*>(prt_base + 50176);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
-  // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -2435,10 +2435,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -2526,10 +2526,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -2565,10 +2565,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -2883,12 +2883,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
     prt::wgmma_wait<0>();
   }
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
+    const int v_i0_end = (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
+      // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
       {
         const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((v_i0 + 1) * 128));
         const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
         const int s3 = 0;
         const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -2926,10 +2926,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
+      // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
       {
         const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((v_i0 + 1) * 128));
         const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
         const int s3 = 0;
         const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -2965,10 +2965,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
           }
         }
       }
-      // gk = load.async logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
+      // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
       {
         const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((v_i0 + 1) * 128));
         const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
         const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -3271,10 +3271,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // store Y[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
+  // store Y[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -3296,10 +3296,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // store yF[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
+  // store yF[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
@@ -3321,10 +3321,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // store lse[pid.z, (pid.x * 128):+128, pid.y] = lse_t
+  // store lse[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y] = lse_t
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -3457,10 +3457,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
   float* const t_fk = reinterpret_cast<float*>(prt_base + 56320);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
-  // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -3496,10 +3496,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -3585,10 +3585,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -3624,10 +3624,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -3959,12 +3959,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
     }
   }
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
+    const int v_i0_end = (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      // k = load.async K[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
+      // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
       {
         const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((v_i0 + 1) * 128));
         const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
         const int s3 = 0;
         const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -4001,10 +4001,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
         }
       }
       __syncthreads();
-      // v = load.async V[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
+      // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64]
       {
         const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((v_i0 + 1) * 128));
         const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
         const int s3 = 0;
         const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -4040,10 +4040,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
           }
         }
       }
-      // gk = load.async logG[pid.z, ((pid.x * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
+      // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((i0 + 1) * 128)):+128, (pid.y // ($hq // $h))]
       {
         const int a0 = static_cast<int>(blockIdx.z);
-        const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((v_i0 + 1) * 128));
+        const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((v_i0 + 1) * 128));
         const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
         const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
         const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -4364,10 +4364,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // store Y[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
+  // store Y[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -4389,10 +4389,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // store yF[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
+  // store yF[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
@@ -4414,10 +4414,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) prt_attention_y_p2_d64_e64_
       }
     }
   }
-  // store lse[pid.z, (pid.x * 128):+128, pid.y] = lse_t
+  // store lse[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y] = lse_t
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -10435,10 +10435,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -10474,10 +10474,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -10515,10 +10515,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -10534,10 +10534,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -10584,10 +10584,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -10664,10 +10664,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -10703,10 +10703,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -10889,11 +10889,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::fence_proxy_async();
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -10903,10 +10903,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -10942,10 +10942,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -10984,13 +10984,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11002,10 +11002,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -11041,10 +11041,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -11296,10 +11296,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store dQa[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -11321,10 +11321,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -11480,10 +11480,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float* const t_sk = reinterpret_cast<float*>(prt_base + 56576);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -11519,10 +11519,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -11560,10 +11560,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -11579,10 +11579,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -11629,10 +11629,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11707,10 +11707,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -11746,10 +11746,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -11961,11 +11961,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11975,10 +11975,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -12014,10 +12014,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -12056,13 +12056,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -12073,10 +12073,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -12112,10 +12112,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -12401,10 +12401,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store dQa[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -12426,10 +12426,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -20132,10 +20132,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -20171,10 +20171,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -20212,10 +20212,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -20231,10 +20231,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -20281,10 +20281,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -20361,10 +20361,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -20400,10 +20400,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -20586,11 +20586,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::fence_proxy_async();
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -20600,10 +20600,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -20639,10 +20639,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -20681,13 +20681,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -20699,10 +20699,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -20738,10 +20738,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -20993,10 +20993,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   prt::cp_async_wait<0>();
-  // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store dQ[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQ_d0 && a2 >= 0 && a2 < g_dQ_d2;
@@ -21018,10 +21018,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -21177,10 +21177,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   float* const t_sk = reinterpret_cast<float*>(prt_base + 56576);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -21216,10 +21216,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -21257,10 +21257,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -21276,10 +21276,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -21326,10 +21326,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -21404,10 +21404,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -21443,10 +21443,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -21658,11 +21658,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -21672,10 +21672,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -21711,10 +21711,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -21753,13 +21753,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -21770,10 +21770,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -21809,10 +21809,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -22098,10 +22098,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   prt::cp_async_wait<0>();
-  // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store dQ[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQ_d0 && a2 >= 0 && a2 < g_dQ_d2;
@@ -22123,10 +22123,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;

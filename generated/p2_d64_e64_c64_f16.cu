@@ -123,10 +123,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_fk = reinterpret_cast<float*>(prt_base + 41984);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -162,10 +162,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -253,10 +253,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -292,10 +292,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -599,11 +599,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     prt::wgmma_commit();
     prt::wgmma_wait<0>();
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -641,10 +641,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     }
     prt::fence_proxy_async();
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -680,10 +680,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -696,13 +696,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -740,10 +740,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -779,10 +779,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1059,10 +1059,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store numA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -1084,10 +1084,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
-  // store denA[pid.z, (pid.x * 64):+64, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -1105,10 +1105,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 64):+64, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -1240,10 +1240,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   float f_shift[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float* const t_fk = reinterpret_cast<float*>(prt_base + 47104);  // f32[64] pitch 64
   float f_row_factor[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -1279,10 +1279,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1368,10 +1368,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1407,10 +1407,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1731,11 +1731,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1772,10 +1772,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1811,10 +1811,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -1827,13 +1827,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -1870,10 +1870,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -1909,10 +1909,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -2207,10 +2207,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
     }
   }
   prt::cp_async_wait<0>();
-  // store numA[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store numA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_numA_d0 && a2 >= 0 && a2 < g_numA_d2;
@@ -2232,10 +2232,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
-  // store denA[pid.z, (pid.x * 64):+64, pid.y] = row_sum
+  // store denA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_sum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_denA_d0 && a2 >= 0 && a2 < g_denA_d2;
     const long long base = static_cast<long long>(a0) * g_denA_s0 + static_cast<long long>(s1) * g_denA_s1 + static_cast<long long>(a2) * g_denA_s2;
@@ -2253,10 +2253,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_p2_d64_e64_c64_f
       }
     }
   }
-  // store maxA[pid.z, (pid.x * 64):+64, pid.y] = row_max
+  // store maxA[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = row_max
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_maxA_d0 && a2 >= 0 && a2 < g_maxA_d2;
     const long long base = static_cast<long long>(a0) * g_maxA_s0 + static_cast<long long>(s1) * g_maxA_s1 + static_cast<long long>(a2) * g_maxA_s2;
@@ -2399,10 +2399,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   float* const t_fk = reinterpret_cast<float*>(prt_base + 83968);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
-  // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -2438,10 +2438,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -2529,10 +2529,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -2568,10 +2568,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -2885,11 +2885,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     prt::wgmma_commit();
     prt::wgmma_wait<0>();
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+  if ((0 < (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -2927,10 +2927,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
     }
     prt::fence_proxy_async();
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -2966,10 +2966,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -2982,13 +2982,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
+    const int v_i0_end = (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -3026,10 +3026,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -3065,10 +3065,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -3376,10 +3376,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // store Y[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
+  // store Y[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -3401,10 +3401,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // store yF[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
+  // store yF[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
@@ -3426,10 +3426,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // store lse[pid.z, (pid.x * 128):+128, pid.y] = lse_t
+  // store lse[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y] = lse_t
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -3565,10 +3565,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   float* const t_fk = reinterpret_cast<float*>(prt_base + 94208);  // f32[128] pitch 128
   float f_row_factor[1][2];  // f32[128] as the rows of 128x128 in 16x128 units over 8 warps
   float f_lse_t[1][2];  // f32[128] as the rows of 128x64 in 16x64 units over 8 warps
-  // q = load.async Q[pid.z, (pid.x * 128):+128, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -3604,10 +3604,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -3693,10 +3693,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       t_gap[r] = prt::from_f32<float>(0.0f);
     }
   }
-  // k = load.async K[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -3732,10 +3732,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 128):+128, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -4066,11 +4066,11 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  if ((0 < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-    // k = load.async K[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+  if ((0 < (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128))) {
+    // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -4107,10 +4107,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
     __syncthreads();
-    // v = load.async V[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -4146,10 +4146,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
         }
       }
     }
-    // gk = load.async logG[pid.z, ((pid.x * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
+    // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - ((0 + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 128) - ((0 + 1) * 128));
+      const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - ((0 + 1) * 128));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -4162,13 +4162,13 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128);
+    const int v_i0_end = (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 128) - (((static_cast<int>(blockIdx.x) * 128) / p_window) * p_window)) / 128))) {
-        // k = load.async K[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) / p_window) * p_window)) / 128))) {
+        // k = load.async K[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -4205,10 +4205,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
           }
         }
         __syncthreads();
-        // v = load.async V[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -4244,10 +4244,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
             }
           }
         }
-        // gk = load.async logG[pid.z, ((pid.x * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+        // gk = load.async logG[pid.z, (((((($t + 127) // 128) - 1) - pid.x) * 128) - (((i0 + 1) + 1) * 128)):+128, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 128) - (((v_i0 + 1) + 1) * 128));
+          const int s1 = ((((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128) - (((v_i0 + 1) + 1) * 128));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -4573,10 +4573,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // store Y[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
+  // store Y[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Y_d0 && a2 >= 0 && a2 < g_Y_d2;
@@ -4598,10 +4598,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // store yF[pid.z, (pid.x * 128):+128, pid.y, 0:+64] = acc
+  // store yF[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_yF_d0 && a2 >= 0 && a2 < g_yF_d2;
@@ -4623,10 +4623,10 @@ extern "C" __global__ void __launch_bounds__(256) prt_attention_y_p2_d64_e64_c64
       }
     }
   }
-  // store lse[pid.z, (pid.x * 128):+128, pid.y] = lse_t
+  // store lse[pid.z, ((((($t + 127) // 128) - 1) - pid.x) * 128):+128, pid.y] = lse_t
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 128);
+    const int s1 = (((((p_t + 127) / 128) - 1) - static_cast<int>(blockIdx.x)) * 128);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -10650,10 +10650,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -10689,10 +10689,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -10730,10 +10730,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -10749,10 +10749,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -10799,10 +10799,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -10879,10 +10879,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -10918,10 +10918,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -11104,11 +11104,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::fence_proxy_async();
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11118,10 +11118,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -11157,10 +11157,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -11199,13 +11199,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11217,10 +11217,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -11256,10 +11256,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -11511,10 +11511,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store dQa[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -11536,10 +11536,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -11695,10 +11695,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float* const t_sk = reinterpret_cast<float*>(prt_base + 56576);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -11734,10 +11734,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -11775,10 +11775,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -11794,10 +11794,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -11844,10 +11844,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -11922,10 +11922,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -11961,10 +11961,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -12176,11 +12176,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -12190,10 +12190,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -12229,10 +12229,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -12271,13 +12271,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -12288,10 +12288,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -12327,10 +12327,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -12616,10 +12616,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   prt::cp_async_wait<0>();
-  // store dQa[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store dQa[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQa_d0 && a2 >= 0 && a2 < g_dQa_d2;
@@ -12641,10 +12641,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -20642,10 +20642,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   float* const t_sk = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 16384);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -20681,10 +20681,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -20722,10 +20722,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -20741,10 +20741,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -20791,10 +20791,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -20871,10 +20871,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -20910,10 +20910,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -21096,11 +21096,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::fence_proxy_async();
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -21110,10 +21110,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -21149,10 +21149,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -21191,13 +21191,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -21209,10 +21209,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         }
         prt::fence_proxy_async();
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -21248,10 +21248,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -21503,10 +21503,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   prt::cp_async_wait<0>();
-  // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store dQ[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQ_d0 && a2 >= 0 && a2 < g_dQ_d2;
@@ -21528,10 +21528,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;
@@ -21687,10 +21687,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   float* const t_sk = reinterpret_cast<float*>(prt_base + 56576);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 18432);  // f32[1] pitch 1
-  // q = load.async Q[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_Q_d0 && a2 >= 0 && a2 < g_Q_d2;
@@ -21726,10 +21726,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // dy = load.async dY[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
+  // dy = load.async dY[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dY_d0 && a2 >= 0 && a2 < g_dY_d2;
@@ -21767,10 +21767,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::cp_async_commit();
   prt::cp_async_wait<0>();
-  // lse_i = load lse[pid.z, (pid.x * 64):+64, pid.y]
+  // lse_i = load lse[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_lse_d0 && a2 >= 0 && a2 < g_lse_d2;
     const long long base = static_cast<long long>(a0) * g_lse_s0 + static_cast<long long>(s1) * g_lse_s1 + static_cast<long long>(a2) * g_lse_s2;
@@ -21786,10 +21786,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // Dy_i = load Dy[pid.z, (pid.x * 64):+64, pid.y]
+  // Dy_i = load Dy[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_Dy_d0 && a2 >= 0 && a2 < g_Dy_d2;
     const long long base = static_cast<long long>(a0) * g_Dy_s0 + static_cast<long long>(s1) * g_Dy_s1 + static_cast<long long>(a2) * g_Dy_s2;
@@ -21836,10 +21836,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // gq = load.async logG[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h))]
+  // gq = load.async logG[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h))]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
     const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -21914,10 +21914,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       t_ck[r] = prt::from_f32<float>((-prt::to_f32(t_cq[r])));
     }
   }
-  // k = load.async K[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // k = load.async K[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -21953,10 +21953,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // v = load.async V[pid.z, (pid.x * 64):+64, (pid.y // ($hq // $h)), 0:+64]
+  // v = load.async V[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, (pid.y // ($hq // $h)), 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -22168,11 +22168,11 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   __syncthreads();
-  if ((0 < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-    // gk = load.async logG[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
+  if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+    // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
       const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -22182,10 +22182,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
-    // k = load.async K[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -22221,10 +22221,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         }
       }
     }
-    // v = load.async V[pid.z, ((pid.x * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
+    // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
-      const int s1 = ((static_cast<int>(blockIdx.x) * 64) - ((0 + 1) * 64));
+      const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - ((0 + 1) * 64));
       const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
       const int s3 = 0;
       const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -22263,13 +22263,13 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::cp_async_commit();
   {
-    const int v_i0_end = (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64);
+    const int v_i0_end = (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64);
     for (int v_i0 = 0; v_i0 < v_i0_end; v_i0 += 1) {
-      if (((v_i0 + 1) < (((static_cast<int>(blockIdx.x) * 64) - (((static_cast<int>(blockIdx.x) * 64) / p_window) * p_window)) / 64))) {
-        // gk = load.async logG[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
+      if (((v_i0 + 1) < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
+        // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const bool ok = a0 >= 0 && a0 < g_logG_d0 && a2 >= 0 && a2 < g_logG_d2;
           const long long base = static_cast<long long>(a0) * g_logG_s0 + static_cast<long long>(s1) * g_logG_s1 + static_cast<long long>(a2) * g_logG_s2;
@@ -22280,10 +22280,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
           }
         }
         __syncthreads();
-        // k = load.async K[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_K_d0 && a2 >= 0 && a2 < g_K_d2;
@@ -22319,10 +22319,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
             }
           }
         }
-        // v = load.async V[pid.z, ((pid.x * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
+        // v = load.async V[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - (((i0 + 1) + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage ((i0 + 1) % 2)
         {
           const int a0 = static_cast<int>(blockIdx.z);
-          const int s1 = ((static_cast<int>(blockIdx.x) * 64) - (((v_i0 + 1) + 1) * 64));
+          const int s1 = ((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((v_i0 + 1) + 1) * 64));
           const int a2 = (static_cast<int>(blockIdx.y) / (p_hq / p_h));
           const int s3 = 0;
           const bool ok = a0 >= 0 && a0 < g_V_d0 && a2 >= 0 && a2 < g_V_d2;
@@ -22608,10 +22608,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   prt::cp_async_wait<0>();
-  // store dQ[pid.z, (pid.x * 64):+64, pid.y, 0:+64] = acc
+  // store dQ[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64] = acc
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const int s3 = 0;
     const bool ok = a0 >= 0 && a0 < g_dQ_d0 && a2 >= 0 && a2 < g_dQ_d2;
@@ -22633,10 +22633,10 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // store rowW[pid.z, (pid.x * 64):+64, pid.y] = wsum
+  // store rowW[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y] = wsum
   {
     const int a0 = static_cast<int>(blockIdx.z);
-    const int s1 = (static_cast<int>(blockIdx.x) * 64);
+    const int s1 = (((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64);
     const int a2 = static_cast<int>(blockIdx.y);
     const bool ok = a0 >= 0 && a0 < g_rowW_d0 && a2 >= 0 && a2 < g_rowW_d2;
     const long long base = static_cast<long long>(a0) * g_rowW_s0 + static_cast<long long>(s1) * g_rowW_s1 + static_cast<long long>(a2) * g_rowW_s2;

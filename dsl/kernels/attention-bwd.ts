@@ -63,7 +63,7 @@
 import { f32, range, select, traceKernel, type KernelBuilder, type TensorRef, type Tile, type Val } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
-import { tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
+import { lastFirst, tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
 
 type Epilogue = "parts" | "y";
 
@@ -274,7 +274,7 @@ function dqBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const rowW = rowsOf(k, io, "rowW", io.hq, "out");
 
     k.launch(io.t.add(B - 1).idiv(B), io.hq, io.b); // (query block, query head, batch)
-    const q0 = k.programId(0).mul(B), qh = k.programId(1), bi = k.programId(2);
+    const q0 = lastFirst(k, io.t, B), qh = k.programId(1), bi = k.programId(2);
     const hk = qh.idiv(io.hq.idiv(io.h)), rows = range(q0, B);
 
     const qt = k.shared("q", [B, d], dtype);

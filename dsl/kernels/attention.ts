@@ -33,7 +33,7 @@ import { max, range, select, traceKernel, type KernelBuilder, type TensorRef, ty
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
 import { dtypeBytes } from "../dtype.ts";
-import { safeExpDiff, TILE_BUDGET, tileSizes } from "./common.ts";
+import { lastFirst, safeExpDiff, TILE_BUDGET, tileSizes } from "./common.ts";
 
 type Epilogue = "parts" | "y";
 
@@ -74,7 +74,7 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       : { kind: "y" as const, Y: tq("Y", dtype, true), yF: tq("yF", "f32", true), lse: tq("lse", "f32", false) };
 
     k.launch(io.t.add(B - 1).idiv(B), io.hq, io.b); // (query block, query head, batch)
-    const q0 = k.programId(0).mul(B), qh = k.programId(1), bi = k.programId(2);
+    const q0 = lastFirst(k, io.t, B), qh = k.programId(1), bi = k.programId(2);
     const hk = qh.idiv(io.hq.idiv(io.h)); // the kv head of this query head
     const earlier = q0.sub(q0.idiv(io.window).mul(io.window)).idiv(B); // key blocks of the window before q0
 

@@ -26,6 +26,14 @@ export function featureBlocks(spec: Spec, bd: number): { count: number; padded: 
   return { count, padded: count * bd };
 }
 
+/** The first row of the query block a program of a causal walk owns, the last block first: program
+ * x of ceil(t / B) takes block ceil(t / B) - 1 - x. The GPU starts programs in the order of x, and
+ * the last query blocks walk the most key blocks, so the longest programs start first and the
+ * short ones fill the tail (flash attention's causal order). */
+export function lastFirst(k: KernelBuilder, t: Val, B: number): Val {
+  return t.add(B - 1).idiv(B).sub(1).sub(k.programId(0)).mul(B);
+}
+
 /** exp(x) that is 0 where x is -inf minus -inf (a row with no weight at all), instead of NaN. */
 export function safeExpDiff(x: Val, m: Val): Val {
   return select(m.eq(f32(-Infinity)), f32(0), x.sub(m).exp());
