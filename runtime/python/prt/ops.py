@@ -135,9 +135,8 @@ def _forward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> list
     return _manifest.output_shapes(plan, env, flags)
 
 
-@torch.library.custom_op("prt::forward", mutates_args=())
-def _forward_op(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, logG: Optional[torch.Tensor], S0: Optional[torch.Tensor],
-                Z0: Optional[torch.Tensor], deg: int, scale: float, chunk: int, final_state: bool) -> List[torch.Tensor]:
+def _forward_impl(Q, K, V, logG, S0, Z0, deg: int, scale: float, chunk: int, final_state: bool) -> list:
+    """The forward plan's outputs, in the order the plan variant lists them."""
     b, t, hq, _ = Q.shape
     h = K.shape[2]
     spec = _spec_of(Q, V, deg, chunk)
@@ -145,6 +144,12 @@ def _forward_op(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, logG: Optiona
     plan = _plan("forward", spec, b, t, hq, h, scale, gated, initial, final_state)
     out = _run(plan, Q.device, {"Q": Q, "K": K, "V": V, "logG": logG, "S0": S0, "Z0": Z0})
     return [out[n] for n, _, _ in _forward_names(spec, b, t, hq, h, gated, initial, final_state)]
+
+
+@torch.library.custom_op("prt::forward", mutates_args=())
+def _forward_op(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, logG: Optional[torch.Tensor], S0: Optional[torch.Tensor],
+                Z0: Optional[torch.Tensor], deg: int, scale: float, chunk: int, final_state: bool) -> List[torch.Tensor]:
+    return _forward_impl(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state)
 
 
 @_forward_op.register_fake
@@ -165,10 +170,9 @@ def _backward_names(spec, b, t, hq, h, gated, initial_state, final_state) -> lis
     return _manifest.output_shapes(plan, env, flags)
 
 
-@torch.library.custom_op("prt::backward", mutates_args=())
-def _backward_op(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, logG: Optional[torch.Tensor], S0: Optional[torch.Tensor],
-                 Z0: Optional[torch.Tensor], saved: List[torch.Tensor], dY: torch.Tensor, dSfinal: Optional[torch.Tensor],
-                 dZfinal: Optional[torch.Tensor], deg: int, scale: float, chunk: int, final_state: bool) -> List[torch.Tensor]:
+def _backward_impl(Q, K, V, logG, S0, Z0, saved: list, dY, dSfinal, dZfinal, deg: int, scale: float, chunk: int,
+                   final_state: bool) -> list:
+    """The backward plan's outputs, in the order the plan variant lists them."""
     b, t, hq, _ = Q.shape
     h = K.shape[2]
     spec = _spec_of(Q, V, deg, chunk)
@@ -179,6 +183,13 @@ def _backward_op(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, logG: Option
     plan = _plan("backward", spec, b, t, hq, h, scale, gated, initial, final_state)
     out = _run(plan, Q.device, given)
     return [out[n] for n, _, _ in _backward_names(spec, b, t, hq, h, gated, initial, final_state)]
+
+
+@torch.library.custom_op("prt::backward", mutates_args=())
+def _backward_op(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, logG: Optional[torch.Tensor], S0: Optional[torch.Tensor],
+                 Z0: Optional[torch.Tensor], saved: List[torch.Tensor], dY: torch.Tensor, dSfinal: Optional[torch.Tensor],
+                 dZfinal: Optional[torch.Tensor], deg: int, scale: float, chunk: int, final_state: bool) -> List[torch.Tensor]:
+    return _backward_impl(Q, K, V, logG, S0, Z0, saved, dY, dSfinal, dZfinal, deg, scale, chunk, final_state)
 
 
 @_backward_op.register_fake
@@ -196,7 +207,9 @@ def _setup_context(ctx, inputs, output):
     ctx.n_out = len(output)
 
 
-def _backward(ctx, *grads):
+def _backward(ctx, *grads, run=None):
+    """The gradients of (Q, K, V, log_G, S0, Z0) from those of the forward's outputs (None or
+    missing: no gradient); `run` launches the backward plan (the custom op unless given)."""
     if len(grads) == 1 and isinstance(grads[0], (list, tuple)):  # one list output: its grads as one list
         grads = tuple(grads[0])
     Q, K, V, logG, S0, Z0, *saved = ctx.saved_tensors
@@ -212,7 +225,7 @@ def _backward(ctx, *grads):
         dZ = g.get("Zfinal")
         dS = torch.zeros_like(saved[names.index("Sfinal")]) if dS is None else dS.contiguous()
         dZ = torch.zeros_like(saved[names.index("Zfinal")]) if dZ is None else dZ.contiguous()
-    out = _backward_op(Q, K, V, logG, S0, Z0, saved, dY.contiguous(), dS, dZ, deg, scale, chunk, final_state)
+    out = (run or _backward_op)(Q, K, V, logG, S0, Z0, saved, dY.contiguous(), dS, dZ, deg, scale, chunk, final_state)
     bn = [n for n, _, _ in _backward_names(spec, b, t, hq, K.shape[2], logG is not None, S0 is not None, final_state)]
     r = dict(zip(bn, out))
     return (r["dQ"], r["dK"], r["dV"], r["dlogG"] if logG is not None else None,
@@ -220,6 +233,43 @@ def _backward(ctx, *grads):
 
 
 torch.library.register_autograd("prt::forward", _backward, setup_context=_setup_context)
+
+
+# The outputs a caller can differentiate; the rest are saved for the backward only.
+_DIFFERENTIABLE = ("Y", "Sfinal", "Zfinal")
+
+
+class _Eager(torch.autograd.Function):
+    """The same forward and backward outside torch.compile, without the custom op's dispatch: that
+    machinery (schema checks, pytree flattening, redispatch, zero gradients for the saved outputs)
+    cost about 0.4 ms of host time per forward + backward, more than the kernels of a b = 16,
+    t = 1024 problem take on the H100 (bench/profile_binding.py, 2026-12-08). The saved outputs are
+    marked non-differentiable and gradients are not materialised, so none is zero-filled."""
+
+    @staticmethod
+    def forward(ctx, Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state):
+        out = _forward_impl(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state)
+        b, t, hq, _ = Q.shape
+        names = _forward_names(_spec_of(Q, V, deg, chunk), b, t, hq, K.shape[2], logG is not None, S0 is not None, final_state)
+        ctx.mark_non_differentiable(*[x for (n, _, _), x in zip(names, out) if n not in _DIFFERENTIABLE])
+        ctx.set_materialize_grads(False)
+        _setup_context(ctx, (Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state), out)
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads, run=_backward_impl)
+
+
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or getattr(torch._dynamo, "is_compiling")
+
+
+def _forward(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state) -> list:
+    """The forward outputs: through the custom op while torch.compile traces (it cannot trace the
+    native call), else through _Eager."""
+    if _is_compiling():
+        return _forward_op(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state)
+    return list(_Eager.apply(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state))
 
 
 # ---- the user-facing function ---------------------------------------------------------------------
@@ -309,7 +359,7 @@ def power_retention(Q, K, V, log_G=None, initial_state=None, return_final_state=
     chunk = chunk_size
     if chunk is None:  # the algorithm per problem (dsl/algorithm.ts): the quadratic form while it is cheaper
         chunk = _auto_chunk(deg, d, e, dtype, t, S0 is not None, final, _device_name(Q.device))
-    out = _forward_op(Q, K, V, log_G, S0, Z0, deg, scale, chunk, final)
+    out = _forward(Q, K, V, log_G, S0, Z0, deg, scale, chunk, final)
     names = _output_names("forward", deg, d, e, chunk, dtype, log_G is not None, S0 is not None, final,
                           bool((t + chunk - 1) // chunk == 1))
     r = dict(zip(names, out))
@@ -371,3 +421,4 @@ def power_retention_inference(Q, K, V, log_G=None, initial_state=None, sum_of_ke
     if len0 + tq == c:  # folded: S, Z (updated in place) now cover the cache
         return out["Y"], S, Z
     return out["Y"], initial_state if initial_state is not None else S, sum_of_keys if sum_of_keys is not None else Z
+

@@ -112,7 +112,13 @@ class TorchTest(unittest.TestCase):
                 for gated in (False, True):
                     self.check_case(2, 333, 4, 2, d, 2, dtype, gated, 64 if d == 128 else 128)
         self.check_case(1, 1, 1, 1, 64, 2, "f32", True, 128)
-        self.check_case(1, 100, 2, 2, 64, 2, "bf16", True, None)  # one chunk: the quadratic path
+
+    def test_main_shape_against_float64(self):
+        # the training shape's spec on both paths (chunk None: the library's choice, the quadratic form
+        # at t = 100 and 1000); the specs of a development build (bench/device-session.sh DEV_SPECS)
+        for t in (100, 1000):
+            self.check_case(1, t, 2, 2, 64, 2, "bf16", True, None)
+        self.check_case(2, 333, 4, 2, 64, 2, "bf16", True, 128)
 
     def test_final_state_continues(self):
         Q, K, V, G = inputs(1, 300, 2, 2, 64, "f32", True)
