@@ -222,6 +222,28 @@ describe(`decode equals the whole-sequence reference (FC_SEED=${SEED})`, () => {
           checkDecoding({ dtype, deg, d: 8, e: 8, chunk: 16, t: 40, b: 1, h: 1, g: 2, gated: true, seed: 7, scale }, [5], `scale ${scale}`);
   }, SLOW);
 
+  it("queries whose keys and values are 0 (gates 1) read the state alone: power_retention_inference with K = None", () => {
+    // the Python binding runs K = V = log_G = None as new tokens with zero keys and values and
+    // gates of 1 after a fold left the cache empty (a zero key scores 0: no weight); here a prefix
+    // of one chunk folds, then 3 such tokens decode, against the reference on the whole sequence
+    for (const dtype of ["f32", "bf16"] as const) {
+      const c: Case = { dtype, deg: 2, d: 8, e: 8, chunk: 16, t: 19, b: 2, h: 2, g: 2, gated: true, seed: 11 };
+      const x = makeInputs(c);
+      const zero = (a: Float32Array, width: number): void => { for (let bi = 0; bi < c.b; bi++) a.fill(0, (bi * c.t + 16) * width, (bi + 1) * c.t * width); };
+      zero(x.K, c.h * c.d);
+      zero(x.V, c.h * c.e);
+      zero(x.logG!, c.h);
+      const { Y, state } = decodeAll(c, x, [16, 3]);
+      expect(state.len, "the fold emptied the cache and the zero tokens filled 3 rows").toBe(3);
+      const ref = referenceForward({ shape: { b: c.b, t: c.t, hq: c.h * c.g, h: c.h, d: c.d, e: c.e }, deg: c.deg, scale: 1 / Math.sqrt(c.d), ...x });
+      const w = c.h * c.g * c.e;
+      const last = (a: ArrayLike<number>): Float64Array => Float64Array.from({ length: c.b * 3 * w }, (_, i) => a[(Math.floor(i / (3 * w)) * c.t + 16) * w + (i % (3 * w))]!);
+      const err = relativeError(Float32Array.from(last(Y)), last(ref.Y));
+      note(`zero keys Y ${dtype}`, err);
+      expect(err, `${dtype}: the 3 state-only rows`).toBeLessThanOrEqual(TOL[dtype]);
+    }
+  });
+
   it("stays finite and accurate with inputs of size 10 and strong gates (logG in [-20, -15])", () => {
     const arb = fc.noBias(fc.record({
       dtype: fc.constantFrom<DType>("f32", "f16", "bf16"),

@@ -381,9 +381,14 @@ def power_retention_inference(Q, K, V, log_G=None, initial_state=None, sum_of_ke
     the cache is folded into the state: the returned state and sum_of_keys then cover K too and the
     caller starts an empty cache; otherwise they are the ones passed in.
 
+    K, V and log_G all None: the new queries against the state alone (initial_state required), as
+    after a prefill that folded its whole cache; the state comes back as it was passed.
+
     Returns (Y [b, tq, hq, e], state, sum_of_keys). Y equals power_retention on the whole sequence.
     """
     _check("Q", Q, "[b, tq, hq, d]", 4)
+    if K is None or V is None:
+        return _query_state_alone(Q, K, V, log_G, initial_state, sum_of_keys, deg, scale, switch_over_seq_len)
     _check("K", K, "[b, tk, h, d]", 4)
     b, tq, hq, d = Q.shape
     tk = K.shape[1]
@@ -422,3 +427,24 @@ def power_retention_inference(Q, K, V, log_G=None, initial_state=None, sum_of_ke
         return out["Y"], S, Z
     return out["Y"], initial_state if initial_state is not None else S, sum_of_keys if sum_of_keys is not None else Z
 
+
+def _query_state_alone(Q, K, V, log_G, initial_state, sum_of_keys, deg, scale, c):
+    """power_retention_inference with no new keys: the queries run as new tokens whose keys and values
+    are 0 (a zero key scores 0, which is no weight: SPEC.md's log|0| = -inf) and whose gates are 1,
+    so each output is the state's part alone; the state is returned unchanged."""
+    if K is not None or V is not None:
+        given, missing = ("K", "V") if K is not None else ("V", "K")
+        raise ValueError(f"{missing}: expected a tensor when {given} is given (both None: the queries against the state alone), received None")
+    if log_G is not None:
+        raise ValueError("log_G: expected None when K and V are None (no new tokens to gate), received a tensor")
+    if initial_state is None:
+        raise ValueError("initial_state: expected the state [b, h, D, e] when K and V are None (the queries against the state alone), "
+                         "received None")
+    _check("initial_state", initial_state, "[b, h, D, e]", 4)
+    b, tq, _, d = Q.shape
+    if not isinstance(c, int) or tq > c:
+        raise ValueError(f"Q: expected at most switch_over_seq_len = {c!r} queries when K and V are None, received tq = {tq}")
+    h, e = initial_state.shape[1], initial_state.shape[3]
+    K0, V0 = Q.new_zeros(b, tq, h, d), Q.new_zeros(b, tq, h, e)
+    Y, _, _ = power_retention_inference(Q, K0, V0, None, initial_state, sum_of_keys, deg, scale, c)
+    return Y, initial_state, sum_of_keys if sum_of_keys is not None else torch.zeros(b, h, initial_state.shape[2], device=Q.device)

@@ -162,6 +162,25 @@ class TorchTest(unittest.TestCase):
                 start, S, Z = i + 1, S2, Z2
         self.assertLess(rel(torch.cat(ys, 1), whole.double()), 1e-4)
 
+    def test_inference_state_alone(self):
+        # K, V, log_G None (issue 26): the queries against the state alone equal the forward over the
+        # prefix and the queries as tokens with zero keys and values and gates of 1 (no weight, no decay)
+        c = 64
+        Q, K, V, G = inputs(2, 128, 4, 2, 32, "f32", True, seed=3)
+        _, (S, Z) = self.prt.power_retention(Q, K, V, log_G=G, return_final_state=True, chunk_size=c)
+        q = torch.randn(2, 3, 4, 32, device="cuda")
+        K0, V0, G0 = K.new_zeros(2, 3, 2, 32), V.new_zeros(2, 3, 2, 32), G.new_zeros(2, 3, 2)
+        want = self.prt.power_retention(torch.cat([Q, q], 1), torch.cat([K, K0], 1), torch.cat([V, V0], 1), log_G=torch.cat([G, G0], 1),
+                                        chunk_size=c)[:, 128:]
+        y, S2, Z2 = self.prt.power_retention_inference(q, None, None, initial_state=S, sum_of_keys=Z, switch_over_seq_len=c)
+        self.assertLess(rel(y, want.double()), 1e-4)
+        self.assertIs(S2, S)
+        self.assertIs(Z2, Z)
+        with self.assertRaisesRegex(ValueError, r"initial_state: expected the state \[b, h, D, e\] when K and V are None"):
+            self.prt.power_retention_inference(q, None, None)
+        with self.assertRaisesRegex(ValueError, r"V: expected a tensor when K is given"):
+            self.prt.power_retention_inference(q, K, None, initial_state=S, sum_of_keys=Z)
+
     def test_errors_name_the_argument(self):
         Q, K, V, G = inputs(1, 10, 2, 2, 32, "f32", False)
         with self.assertRaisesRegex(ValueError, r"K: expected a head count h that divides Q's hq = 2, received h = 3"):
