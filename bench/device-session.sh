@@ -140,3 +140,10 @@ for step in "${@:-all}"; do
       echo "ncu rc=$?"; grep -E "^  [a-z_]+|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per" "$OUT/ncu.log" | head -60 ;;
   esac
 done
+# The device returns at most 8 files from $OUT: pack every log into one archive (PACK=0 keeps them
+# loose), leaving beside it the files a caller reads directly (the issue 23 JSON and plot, the
+# autotune and algorithm tables) and session.log, which a caller's tee may still be writing.
+if [[ "${PACK:-1}" == 1 ]]; then
+  ( cd "$OUT" && files=$(ls -A | grep -vE '^(logs\.tgz|session\.log|issue23\.json|issue23\.png|schedules\.json|algorithms\.json)$') \
+    && [[ -n "$files" ]] && tar czf logs.tgz $files && rm -rf $files && echo "packed $(echo $files | wc -w) files into $OUT/logs.tgz" )
+fi
