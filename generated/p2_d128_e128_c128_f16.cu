@@ -9496,7 +9496,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e128_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 117760 bytes of dynamic shared memory
+  // sm_90a: 100864 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -9616,7 +9616,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   __half* t_k = t_k_base;
   __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 66560);  // f16[64, 128] swizzle 128, 2 copies
   __half* t_v = t_v_base;
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 99328);  // f16[64, 128] pitch 136
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -9997,11 +9996,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 128](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 8192; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))])) ? prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 16, c0 = (i % 16) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[prt::swz<128>(((c0) / 64 * 64 + (r)) * 64 + ((c0) % 64))], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+      }
+    }
+    prt::fence_proxy_async();
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))])) ? prt::to_f32(t_k[prt::swz<128>(((c) / 64 * 64 + (r)) * 64 + ((c) % 64))]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -10060,33 +10078,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   }
   prt::fence_proxy_async();
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x128 in 16x128 units over 4 warps]
+  // acc += mma.wgmma(ds, k) [64x128 in 16x128 units over 4 warps]
   {
     float (&acc)[1][16][4] = f_acc;
+    prt::wgmma_fence();
     #pragma unroll
-    for (int k0 = 0; k0 < 64; k0 += 16) {
+    for (int j = 0; j < 1; ++j) {
+      const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+      (void)mb;
       #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16;
-        const int n0 = (u % 1) * 128;
-        (void)m0;
-        (void)n0;
-        const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[16][2];
-        #pragma unroll
-        for (int q = 0; q < 16; q += 2) {
-          uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 136 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
-        }
-        #pragma unroll
-        for (int q = 0; q < 16; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        prt::Wgmma<128, __half>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_k + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
       }
     }
+    prt::wgmma_commit();
+    prt::wgmma_wait<0>();
   }
-  prt::fence_proxy_async();
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -10101,6 +10108,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::fence_proxy_async();
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -10541,7 +10550,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     }
   }
 #else
-  // sm_80: 122624 bytes of dynamic shared memory
+  // sm_80: 105984 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -10661,7 +10670,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
   __half* t_k = t_k_base;
   __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 70400);  // f16[64, 128] pitch 136, 2 copies
   __half* t_v = t_v_base;
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 105216);  // f16[64, 128] pitch 136
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -11071,11 +11079,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 128](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 8192; i += 128) {
-      const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 136 + (c)])) ? prt::to_f32(t_k[(r) * 136 + (c)]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 1024; i += 128) {
+      const int r = i / 16, c0 = (i % 16) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[(r) * 136 + (c0)], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+      }
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 8192; i += 128) {
+          const int r = i / 128, c = i % 128;
+          t_k[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 136 + (c)])) ? prt::to_f32(t_k[(r) * 136 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -11133,7 +11159,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
     }
   }
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x128 in 16x128 units over 4 warps]
+  // acc += mma.tc(ds, k) [64x128 in 16x128 units over 4 warps]
   {
     float (&acc)[1][16][4] = f_acc;
     #pragma unroll
@@ -11146,19 +11172,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
         (void)m0;
         (void)n0;
         const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[16][2];
+        uint32_t fb_k[16][2];
         #pragma unroll
         for (int q = 0; q < 16; q += 2) {
           uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 136 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
+          prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 136 + (n0 + q * 8 + prt::a_col(lane))]);
+          fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
         }
         #pragma unroll
-        for (int q = 0; q < 16; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+        for (int q = 0; q < 16; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -11173,6 +11198,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -11652,7 +11678,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d128_e
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e128_c128_f16_w2_bd0_bt32_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 44432 bytes of dynamic shared memory
+  // sm_80: 35728 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11794,13 +11820,12 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 17664);  // f32[32] pitch 32
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 26496);  // f16[32, 128] pitch 136
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 17792);  // f16[32, 128] pitch 136
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 35200);  // f16[32, 128] pitch 136
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 44288);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 44032);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 35328);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
   float f_ck[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 44416);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 35712);  // f32[1] pitch 1
   float f_dot[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   float f_W[1][4][4];  // f32[32, 32] as mma fragments: 32x32 in 16x32 units over 2 warps
   uint32_t f_p[1][4][2];  // f16[32, 32] as mma fragments, two per register: 32x32 in 16x32 units over 2 warps
@@ -11811,8 +11836,8 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_fk[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 43904);  // f32[32] pitch 32
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 44160);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 35200);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 35456);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -12283,11 +12308,29 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[32, 128](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 4096; i += 64) {
-          const int r = i / 128, c = i % 128;
-          t_q_finite[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[(r) * 136 + (c)])) ? prt::to_f32(t_q[(r) * 136 + (c)]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 512; i += 64) {
+          const int r = i / 16, c0 = (i % 16) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[(r) * 136 + (c0)], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+          }
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              t_q[(r) * 136 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[(r) * 136 + (c)])) ? prt::to_f32(t_q[(r) * 136 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -12392,7 +12435,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
         }
       }
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [32x128 in 16x128 units over 2 warps]
+      // acc_k += mma.tc(ds, q) [32x128 in 16x128 units over 2 warps]
       {
         float (&acc)[1][16][4] = f_acc_k;
         #pragma unroll
@@ -12405,18 +12448,19 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             (void)m0;
             (void)n0;
             const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[16][2];
+            uint32_t fb_q[16][2];
             #pragma unroll
             for (int q = 0; q < 16; q += 2) {
               uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 136 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
+              prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 136 + (n0 + q * 8 + prt::a_col(lane))]);
+              fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
             }
             #pragma unroll
-            for (int q = 0; q < 16; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
+            for (int q = 0; q < 16; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q[q][0], fb_q[q][1]);
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 32) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 32)) + 31) / 32) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -20314,16 +20358,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c128_f16_w4_bd0_bt16_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d128_e128_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 122624);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 105984);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d128_e128_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 122624, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d128_e128_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 105984, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d128_e128_c128_f16_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c128_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 44432);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c128_f16_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 35728);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d128_e128_c128_f16_w2_bd0_bt32_s2<<<grid, 64, 44432, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d128_e128_c128_f16_w2_bd0_bt32_s2<<<grid, 64, 35728, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

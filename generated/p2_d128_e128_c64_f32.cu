@@ -7592,7 +7592,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d128
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 131856 bytes of dynamic shared memory
+  // sm_80: 115472 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -7712,21 +7712,20 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
   float* t_k = t_k_base;
   float* const t_v_base = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 128] pitch 132, 2 copies
   float* t_v = t_v_base;
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 110352);  // f32[32, 128] pitch 132
   float* const t_dot = reinterpret_cast<float*>(prt_base + 102160);  // f32[32, 32] pitch 32
   float* const t_W = reinterpret_cast<float*>(prt_base + 106256);  // f32[32, 32] pitch 32
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 127248);  // f32[32, 32] pitch 36
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 110352);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
   float f_wsum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 110608);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 115216);  // f32[32] pitch 32
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 34304);  // f32[32] pitch 32
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 110352);  // f32[32] pitch 32, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 114960);  // f32[32] pitch 32, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 110736);  // f32[32] pitch 32
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 115344);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
@@ -8073,11 +8072,22 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       t_W[(r) * 32 + (c)] = prt::from_f32<float>((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))) : 0.0f));
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[32, 128](!(finite(k[row, col])))
   {
+    bool prt_any_mine = false;
     for (int i = tid; i < 4096; i += 64) {
       const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 132 + (c)])) ? prt::to_f32(t_k[(r) * 132 + (c)]) : 0.0f));
+      prt_any_mine |= ((!isfinite(prt::to_f32(t_k[(r) * 132 + (c)]))));
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          t_k[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 132 + (c)])) ? prt::to_f32(t_k[(r) * 132 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -8087,7 +8097,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
     }
   }
-  __syncthreads();
   // part = reduce_sum(W, axis=1)
   {
     for (int o = tid; o < 32; o += 64) {
@@ -8111,7 +8120,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  // acc += mma.fmaFrag(ds, k_finite) [32x128 in 16x32 units over 2 warps]
+  // acc += mma.fmaFrag(ds, k) [32x128 in 16x32 units over 2 warps]
   {
     #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -8123,7 +8132,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
         const float a0 = prt::to_f32(t_ds[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 36 + (kk)]);
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const float b0 = prt::to_f32(t_k_finite[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k_finite[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+          const float b0 = prt::to_f32(t_k[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
           acc[q][0] = fmaf(a0, b0, acc[q][0]);
           acc[q][1] = fmaf(a0, b1, acc[q][1]);
           acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -8132,7 +8141,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
     // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
     {
@@ -8147,6 +8155,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -8550,7 +8559,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_p2_d128_e1
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 103184 bytes of dynamic shared memory
+  // sm_80: 86288 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -8692,25 +8701,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_q = reinterpret_cast<float*>(prt_base + 51072);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132
-  float* const t_q_finite = reinterpret_cast<float*>(prt_base + 67968);  // f32[32, 128] pitch 132
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 102912);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 86016);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 102656);  // f32[32] pitch 32
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 102272);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 85760);  // f32[32] pitch 32
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 85376);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 103168);  // f32[1] pitch 1
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 98176);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_base + 94080);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_base + 89472);  // f32[32, 32] pitch 36
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 84864);  // f32[32, 32] pitch 36
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 86272);  // f32[1] pitch 1
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 81280);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 77184);  // f32[32, 32] pitch 32
+  float* const t_p = reinterpret_cast<float*>(prt_base + 72576);  // f32[32, 32] pitch 36
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 67968);  // f32[32, 32] pitch 36
   float f_acc_k[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float f_acc_v[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 103040);  // f32[32] pitch 32
+  float* const t_part = reinterpret_cast<float*>(prt_base + 86144);  // f32[32] pitch 32
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 102400);  // f32[32] pitch 32
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 102528);  // f32[32] pitch 32
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 102784);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 85504);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 85632);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 85888);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -9148,11 +9156,22 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           t_W[(r) * 32 + (c)] = prt::from_f32<float>((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c]))) : 0.0f));
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[32, 128](!(finite(q[row, col])))
       {
+        bool prt_any_mine = false;
         for (int i = tid; i < 4096; i += 64) {
           const int r = i / 128, c = i % 128;
-          t_q_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 132 + (c)])) ? prt::to_f32(t_q[(r) * 132 + (c)]) : 0.0f));
+          prt_any_mine |= ((!isfinite(prt::to_f32(t_q[(r) * 132 + (c)]))));
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              t_q[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 132 + (c)])) ? prt::to_f32(t_q[(r) * 132 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -9214,7 +9233,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           }
         }
       }
-      // acc_k += mma.fmaFrag(ds, q_finite) [32x128 in 16x32 units over 2 warps]
+      // acc_k += mma.fmaFrag(ds, q) [32x128 in 16x32 units over 2 warps]
       {
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -9226,7 +9245,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
             const float a0 = prt::to_f32(t_ds[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 36 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_q_finite[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q_finite[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_q[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -9235,6 +9254,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 32) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 32)) + 31) / 32) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -9566,7 +9586,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d128_e
           __syncthreads();
         }
       }
-      __syncthreads();
     }
   }
   // store dKa[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc_k
@@ -15719,7 +15738,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d1
 // grid ((($t + 31) // 32), $hq, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 131856 bytes of dynamic shared memory
+  // sm_80: 115472 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -15839,21 +15858,20 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
   float* t_k = t_k_base;
   float* const t_v_base = reinterpret_cast<float*>(prt_base + 68368);  // f32[32, 128] pitch 132, 2 copies
   float* t_v = t_v_base;
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 110352);  // f32[32, 128] pitch 132
   float* const t_dot = reinterpret_cast<float*>(prt_base + 102160);  // f32[32, 32] pitch 32
   float* const t_W = reinterpret_cast<float*>(prt_base + 106256);  // f32[32, 32] pitch 32
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 127248);  // f32[32, 32] pitch 36
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 110352);  // f32[32, 32] pitch 36
   float f_acc[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
   float f_wsum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 110608);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 115216);  // f32[32] pitch 32
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 34304);  // f32[32] pitch 32
   float* const t_gq = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_cq = reinterpret_cast<float*>(prt_base + 34176);  // f32[32] pitch 32
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 110352);  // f32[32] pitch 32, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 114960);  // f32[32] pitch 32, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 110736);  // f32[32] pitch 32
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 115344);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 34448);  // f32[32] pitch 32
   float* const t_gap = reinterpret_cast<float*>(prt_base + 34432);  // f32[1] pitch 1
   // q = load.async Q[pid.z, ((((($t + 31) // 32) - 1) - pid.x) * 32):+32, pid.y, 0:+128]
@@ -16200,11 +16218,22 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       t_W[(r) * 32 + (c)] = prt::from_f32<float>((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? ((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[r])) + prt::to_f32(t_ck[c])) - prt::to_f32(t_lse_i[r]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[r]))) : 0.0f));
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[32, 128](!(finite(k[row, col])))
   {
+    bool prt_any_mine = false;
     for (int i = tid; i < 4096; i += 64) {
       const int r = i / 128, c = i % 128;
-      t_k_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 132 + (c)])) ? prt::to_f32(t_k[(r) * 132 + (c)]) : 0.0f));
+      prt_any_mine |= ((!isfinite(prt::to_f32(t_k[(r) * 132 + (c)]))));
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 64) {
+          const int r = i / 128, c = i % 128;
+          t_k[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 132 + (c)])) ? prt::to_f32(t_k[(r) * 132 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -16214,7 +16243,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       t_ds[(r) * 36 + (c)] = prt::from_f32<float>(((((c <= r) && (prt::to_f32(t_lse_i[r]) != __int_as_float(0xff800000))) && (prt::to_f32(t_dot[(r) * 32 + (c)]) != 0.0f)) ? ((prt::to_f32(t_W[(r) * 32 + (c)]) * 2.0f) / prt::to_f32(t_dot[(r) * 32 + (c)])) : 0.0f));
     }
   }
-  __syncthreads();
   // part = reduce_sum(W, axis=1)
   {
     for (int o = tid; o < 32; o += 64) {
@@ -16238,7 +16266,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  // acc += mma.fmaFrag(ds, k_finite) [32x128 in 16x32 units over 2 warps]
+  // acc += mma.fmaFrag(ds, k) [32x128 in 16x32 units over 2 warps]
   {
     #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -16250,7 +16278,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
         const float a0 = prt::to_f32(t_ds[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 36 + (kk)]);
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const float b0 = prt::to_f32(t_k_finite[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k_finite[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+          const float b0 = prt::to_f32(t_k[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
           acc[q][0] = fmaf(a0, b0, acc[q][0]);
           acc[q][1] = fmaf(a0, b1, acc[q][1]);
           acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -16259,7 +16287,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) - (((((((p_t + 31) / 32) - 1) - static_cast<int>(blockIdx.x)) * 32) / p_window) * p_window)) / 32))) {
     // gk = load.async logG[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h))] into stage 0
     {
@@ -16274,6 +16301,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 31) // 32) - 1) - pid.x) * 32) - ((0 + 1) * 32)):+32, (pid.y // ($hq // $h)), 0:+128] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -16677,7 +16705,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dq_y_p2_d128_
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dK, float* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 103184 bytes of dynamic shared memory
+  // sm_80: 86288 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -16819,25 +16847,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 34048);  // f32[32] pitch 32
   float* const t_q = reinterpret_cast<float*>(prt_base + 51072);  // f32[32, 128] pitch 132
   float* const t_dy = reinterpret_cast<float*>(prt_base + 34176);  // f32[32, 128] pitch 132
-  float* const t_q_finite = reinterpret_cast<float*>(prt_base + 67968);  // f32[32, 128] pitch 132
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 102912);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 86016);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 33792);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 102656);  // f32[32] pitch 32
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 102272);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 85760);  // f32[32] pitch 32
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 85376);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 33920);  // f32[32] pitch 32
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 103168);  // f32[1] pitch 1
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 98176);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_base + 94080);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_base + 89472);  // f32[32, 32] pitch 36
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 84864);  // f32[32, 32] pitch 36
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 86272);  // f32[1] pitch 1
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 81280);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 77184);  // f32[32, 32] pitch 32
+  float* const t_p = reinterpret_cast<float*>(prt_base + 72576);  // f32[32, 32] pitch 36
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 67968);  // f32[32, 32] pitch 36
   float f_acc_k[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
   float f_acc_v[4][4][4];  // f32[32, 128] as mma fragments: 32x128 in 16x32 units over 2 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 103040);  // f32[32] pitch 32
+  float* const t_part = reinterpret_cast<float*>(prt_base + 86144);  // f32[32] pitch 32
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 102400);  // f32[32] pitch 32
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 102528);  // f32[32] pitch 32
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 102784);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 85504);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 85632);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 85888);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+128]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -17275,11 +17302,22 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           t_W[(r) * 32 + (c)] = prt::from_f32<float>((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c]))) : 0.0f));
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[32, 128](!(finite(q[row, col])))
       {
+        bool prt_any_mine = false;
         for (int i = tid; i < 4096; i += 64) {
           const int r = i / 128, c = i % 128;
-          t_q_finite[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 132 + (c)])) ? prt::to_f32(t_q[(r) * 132 + (c)]) : 0.0f));
+          prt_any_mine |= ((!isfinite(prt::to_f32(t_q[(r) * 132 + (c)]))));
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 4096; i += 64) {
+              const int r = i / 128, c = i % 128;
+              t_q[(r) * 132 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 132 + (c)])) ? prt::to_f32(t_q[(r) * 132 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -17341,7 +17379,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           }
         }
       }
-      // acc_k += mma.fmaFrag(ds, q_finite) [32x128 in 16x32 units over 2 warps]
+      // acc_k += mma.fmaFrag(ds, q) [32x128 in 16x32 units over 2 warps]
       {
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -17353,7 +17391,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
             const float a0 = prt::to_f32(t_ds[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 36 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_q_finite[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q_finite[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_q[(kk) * 132 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q[(kk) * 132 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -17362,6 +17400,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 32) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 32)) + 31) / 32) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -17693,7 +17732,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_y_p2_d128
           __syncthreads();
         }
       }
-      __syncthreads();
     }
   }
   // store dK[pid.z, (pid.x * 32):+32, pid.y, 0:+128] = acc_k
@@ -19180,16 +19218,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d128_e128_c64_f32_w4_bd0_bt16_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 131856);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 115472);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 131856, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 115472, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 103184);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 86288);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 103184, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 86288, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -19229,16 +19267,16 @@ extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d128_e128_c64_f32_w4_bd0_bt64
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 131856);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 115472);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 131856, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 115472, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dK, float* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 103184);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 86288);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 103184, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d128_e128_c64_f32_w2_bd0_bt32_s2<<<grid, 64, 86288, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

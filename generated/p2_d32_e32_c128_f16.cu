@@ -7346,7 +7346,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 31744 bytes of dynamic shared memory
+  // sm_90a: 27136 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -7466,7 +7466,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   __half* t_k = t_k_base;
   __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 32] swizzle 64, 2 copies
   __half* t_v = t_v_base;
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 25600);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -7847,11 +7846,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 32](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 256; i += 128) {
+      const int r = i / 4, c0 = (i % 4) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[prt::swz<64>((r) * 32 + (c0))], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+      }
+    }
+    prt::fence_proxy_async();
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_k[prt::swz<64>((r) * 32 + (c))] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -7910,33 +7928,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   }
   prt::fence_proxy_async();
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x32 in 16x32 units over 4 warps]
+  // acc += mma.wgmma(ds, k) [64x32 in 16x32 units over 4 warps]
   {
     float (&acc)[1][4][4] = f_acc;
+    prt::wgmma_fence();
     #pragma unroll
-    for (int k0 = 0; k0 < 64; k0 += 16) {
+    for (int j = 0; j < 1; ++j) {
+      const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+      (void)mb;
       #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16;
-        const int n0 = (u % 1) * 32;
-        (void)m0;
-        (void)n0;
-        const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[4][2];
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
-        }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        prt::Wgmma<32, __half>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_k + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
       }
     }
+    prt::wgmma_commit();
+    prt::wgmma_wait<0>();
   }
-  prt::fence_proxy_async();
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -7951,6 +7958,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::fence_proxy_async();
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -8391,7 +8400,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
 #else
-  // sm_80: 36608 bytes of dynamic shared memory
+  // sm_80: 32256 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -8511,7 +8520,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   __half* t_k = t_k_base;
   __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40, 2 copies
   __half* t_v = t_v_base;
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 31488);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -8921,11 +8929,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 32](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 256; i += 128) {
+      const int r = i / 4, c0 = (i % 4) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[(r) * 40 + (c0)], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+      }
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_k[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -8983,7 +9009,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x32 in 16x32 units over 4 warps]
+  // acc += mma.tc(ds, k) [64x32 in 16x32 units over 4 warps]
   {
     float (&acc)[1][4][4] = f_acc;
     #pragma unroll
@@ -8996,19 +9022,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         (void)m0;
         (void)n0;
         const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[4][2];
+        uint32_t fb_k[4][2];
         #pragma unroll
         for (int q = 0; q < 4; q += 2) {
           uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
+          prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
+          fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
         }
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -9023,6 +9048,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -9503,7 +9529,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e32_c128_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 24336 bytes of dynamic shared memory
+  // sm_90a: 19216 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -9643,15 +9669,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float* const t_gk = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_sk = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
-  __half* const t_q = reinterpret_cast<__half*>(prt_base + 18432);  // f16[64, 32] swizzle 64
-  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 14336);  // f16[64, 32] swizzle 64
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 8960);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 23040);  // f32[64] pitch 64
+  __half* const t_q = reinterpret_cast<__half*>(prt_base + 13312);  // f16[64, 32] swizzle 64
+  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 17920);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 22528);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 23296);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 18176);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -9662,8 +9687,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 14080);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 22784);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -10107,11 +10132,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 32](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_q_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c0 = (i % 4) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[prt::swz<64>((r) * 32 + (c0))], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+          }
+        }
+        prt::fence_proxy_async();
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              t_q[prt::swz<64>((r) * 32 + (c))] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -10208,33 +10252,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x32 in 16x32 units over 4 warps]
-      {
-        float (&acc)[1][4][4] = f_acc_k;
-        #pragma unroll
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 32;
-            (void)m0;
-            (void)n0;
-            const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[4][2];
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
-          }
-        }
-      }
       prt::wgmma_wait<0>();
       prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
+      // acc_k += mma.wgmma(ds, q) [64x32 in 16x32 units over 4 warps]
+      {
+        float (&acc)[1][4][4] = f_acc_k;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<32, __half>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_q + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -10724,7 +10763,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     }
   }
 #else
-  // sm_80: 27408 bytes of dynamic shared memory
+  // sm_80: 22288 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -10866,13 +10905,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 16128);  // f16[64, 32] pitch 40
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 11008);  // f16[64, 32] pitch 40
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 27136);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 22016);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 26624);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 21504);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 27392);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 22272);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -10883,8 +10921,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 26880);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 21248);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 21760);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -11355,11 +11393,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 32](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_q_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[(r) * 40 + (c)])) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c0 = (i % 4) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[(r) * 40 + (c0)], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+          }
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              t_q[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[(r) * 40 + (c)])) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -11464,7 +11520,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         }
       }
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x32 in 16x32 units over 4 warps]
+      // acc_k += mma.tc(ds, q) [64x32 in 16x32 units over 4 warps]
       {
         float (&acc)[1][4][4] = f_acc_k;
         #pragma unroll
@@ -11477,18 +11533,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             (void)m0;
             (void)n0;
             const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[4][2];
+            uint32_t fb_q[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
               uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
+              prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
+              fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
             }
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q[q][0], fb_q[q][1]);
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -17421,16 +17478,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt128_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 36608);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 32256);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 36608, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d32_e32_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 32256, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d32_e32_c128_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 27408);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c128_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 22288);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d32_e32_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 27408, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d32_e32_c128_f16_w4_bd0_bt64_s2<<<grid, 128, 22288, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -4920,7 +4920,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 84240 bytes of dynamic shared memory
+  // sm_80: 76048 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5040,24 +5040,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   float* t_k = t_k_base;
   float* const t_v_base = reinterpret_cast<float*>(prt_base + 38672);  // f32[64, 32] pitch 36, 2 copies
   float* t_v = t_v_base;
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 57104);  // f32[64, 32] pitch 36
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 66320);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 57104);  // f32[64, 64] pitch 68
   float f_acc[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 57616);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 75536);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 19712);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 19200);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 19456);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 57104);  // f32[64] pitch 64, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 75024);  // f32[64] pitch 64, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 57872);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 75792);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 19984);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 19968);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 83728);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 74512);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -5399,11 +5398,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 32](!(finite(k[row, col])))
   {
+    bool prt_any_mine = false;
     for (int i = tid; i < 2048; i += 128) {
       const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 36 + (c)])) ? prt::to_f32(t_k[(r) * 36 + (c)]) : 0.0f));
+      prt_any_mine |= ((!isfinite(prt::to_f32(t_k[(r) * 36 + (c)]))));
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_k[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 36 + (c)])) ? prt::to_f32(t_k[(r) * 36 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -5423,7 +5433,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  __syncthreads();
   // part = reduce_sum(W, axis=1) via part_part
   {
     #pragma unroll
@@ -5457,7 +5466,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
     }
   }
-  // acc += mma.fmaFrag(ds, k_finite) [64x32 in 16x32 units over 4 warps]
+  __syncthreads();
+  // acc += mma.fmaFrag(ds, k) [64x32 in 16x32 units over 4 warps]
   {
     #pragma unroll
     for (int j = 0; j < 1; ++j) {
@@ -5469,7 +5479,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         const float a0 = prt::to_f32(t_ds[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 68 + (kk)]);
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const float b0 = prt::to_f32(t_k_finite[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k_finite[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+          const float b0 = prt::to_f32(t_k[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
           acc[q][0] = fmaf(a0, b0, acc[q][0]);
           acc[q][1] = fmaf(a0, b1, acc[q][1]);
           acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -5478,7 +5488,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -5493,6 +5502,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -5941,7 +5951,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
 // grid ((($t + 63) // 64), $h, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 84496 bytes of dynamic shared memory
+  // sm_80: 75280 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -6083,26 +6093,25 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   float* const t_q = reinterpret_cast<float*>(prt_base + 63232);  // f32[64, 32] pitch 36
   float* const t_dy = reinterpret_cast<float*>(prt_base + 54016);  // f32[64, 32] pitch 36
-  float* const t_q_finite = reinterpret_cast<float*>(prt_base + 72448);  // f32[64, 32] pitch 36
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 83968);  // f32[64] pitch 64
-  float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 82176);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 83456);  // f32[64] pitch 64
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 82688);  // f32[64] pitch 64
-  float* const t_ck = reinterpret_cast<float*>(prt_base + 82432);  // f32[64] pitch 64
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 84480);  // f32[1] pitch 1
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 74752);  // f32[64] pitch 64
+  float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 72960);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 74240);  // f32[64] pitch 64
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 73472);  // f32[64] pitch 64
+  float* const t_ck = reinterpret_cast<float*>(prt_base + 73216);  // f32[64] pitch 64
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 75264);  // f32[1] pitch 1
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_p = reinterpret_cast<float*>(prt_base + 36608);  // f32[64, 64] pitch 68
   float* const t_ds = reinterpret_cast<float*>(prt_base + 19200);  // f32[64, 64] pitch 68
   float f_acc_k[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
   float f_acc_v[1][4][4];  // f32[64, 32] as mma fragments: 64x32 in 16x32 units over 4 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 84224);  // f32[64] pitch 64
+  float* const t_part = reinterpret_cast<float*>(prt_base + 75008);  // f32[64] pitch 64
   float* const t_col_sum = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
   float* const t_row_sum = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 82944);  // f32[64] pitch 64
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 83200);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 83712);  // f32[64] pitch 64
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 81664);  // f32[2, 64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 73728);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 73984);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 74496);  // f32[64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 72448);  // f32[2, 64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6523,11 +6532,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 32](!(finite(q[row, col])))
       {
+        bool prt_any_mine = false;
         for (int i = tid; i < 2048; i += 128) {
           const int r = i / 32, c = i % 32;
-          t_q_finite[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 36 + (c)])) ? prt::to_f32(t_q[(r) * 36 + (c)]) : 0.0f));
+          prt_any_mine |= ((!isfinite(prt::to_f32(t_q[(r) * 36 + (c)]))));
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              t_q[(r) * 36 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 36 + (c)])) ? prt::to_f32(t_q[(r) * 36 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -6620,7 +6640,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         }
       }
       __syncthreads();
-      // acc_k += mma.fmaFrag(ds, q_finite) [64x32 in 16x32 units over 4 warps]
+      // acc_k += mma.fmaFrag(ds, q) [64x32 in 16x32 units over 4 warps]
       {
         #pragma unroll
         for (int j = 0; j < 1; ++j) {
@@ -6632,7 +6652,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             const float a0 = prt::to_f32(t_ds[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 68 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_q_finite[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q_finite[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_q[(kk) * 36 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q[(kk) * 36 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -6641,6 +6661,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -11663,16 +11684,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt128_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 84240);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 76048);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 84240, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 76048, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 84496);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 75280);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 84496, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d32_e32_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 75280, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

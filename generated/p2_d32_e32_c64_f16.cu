@@ -9716,7 +9716,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d32_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 31744 bytes of dynamic shared memory
+  // sm_90a: 27136 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -9836,7 +9836,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   __half* t_k = t_k_base;
   __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 32] swizzle 64, 2 copies
   __half* t_v = t_v_base;
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 25600);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -10217,11 +10216,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 32](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 256; i += 128) {
+      const int r = i / 4, c0 = (i % 4) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[prt::swz<64>((r) * 32 + (c0))], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+      }
+    }
+    prt::fence_proxy_async();
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_k[prt::swz<64>((r) * 32 + (c))] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -10280,33 +10298,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   }
   prt::fence_proxy_async();
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x32 in 16x32 units over 4 warps]
+  // acc += mma.wgmma(ds, k) [64x32 in 16x32 units over 4 warps]
   {
     float (&acc)[1][4][4] = f_acc;
+    prt::wgmma_fence();
     #pragma unroll
-    for (int k0 = 0; k0 < 64; k0 += 16) {
+    for (int j = 0; j < 1; ++j) {
+      const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+      (void)mb;
       #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16;
-        const int n0 = (u % 1) * 32;
-        (void)m0;
-        (void)n0;
-        const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[4][2];
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
-        }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        prt::Wgmma<32, __half>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_k + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
       }
     }
+    prt::wgmma_commit();
+    prt::wgmma_wait<0>();
   }
-  prt::fence_proxy_async();
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -10321,6 +10328,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::fence_proxy_async();
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -10761,7 +10770,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
 #else
-  // sm_80: 36608 bytes of dynamic shared memory
+  // sm_80: 32256 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -10881,7 +10890,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
   __half* t_k = t_k_base;
   __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40, 2 copies
   __half* t_v = t_v_base;
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 31488);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -11291,11 +11299,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 32](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 256; i += 128) {
+      const int r = i / 4, c0 = (i % 4) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[(r) * 40 + (c0)], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+      }
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_k[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -11353,7 +11379,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
     }
   }
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x32 in 16x32 units over 4 warps]
+  // acc += mma.tc(ds, k) [64x32 in 16x32 units over 4 warps]
   {
     float (&acc)[1][4][4] = f_acc;
     #pragma unroll
@@ -11366,19 +11392,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         (void)m0;
         (void)n0;
         const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[4][2];
+        uint32_t fb_k[4][2];
         #pragma unroll
         for (int q = 0; q < 4; q += 2) {
           uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
+          prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
+          fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
         }
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -11393,6 +11418,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -11873,7 +11899,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d32_e3
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 24336 bytes of dynamic shared memory
+  // sm_90a: 19216 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -12013,15 +12039,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float* const t_gk = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_sk = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
-  __half* const t_q = reinterpret_cast<__half*>(prt_base + 18432);  // f16[64, 32] swizzle 64
-  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 14336);  // f16[64, 32] swizzle 64
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 8960);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 23040);  // f32[64] pitch 64
+  __half* const t_q = reinterpret_cast<__half*>(prt_base + 13312);  // f16[64, 32] swizzle 64
+  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 17920);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 22528);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 23296);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 18176);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -12032,8 +12057,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 14080);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 22784);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -12477,11 +12502,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 32](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_q_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c0 = (i % 4) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[prt::swz<64>((r) * 32 + (c0))], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+          }
+        }
+        prt::fence_proxy_async();
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              t_q[prt::swz<64>((r) * 32 + (c))] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -12578,33 +12622,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x32 in 16x32 units over 4 warps]
-      {
-        float (&acc)[1][4][4] = f_acc_k;
-        #pragma unroll
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 32;
-            (void)m0;
-            (void)n0;
-            const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[4][2];
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
-          }
-        }
-      }
       prt::wgmma_wait<0>();
       prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
+      // acc_k += mma.wgmma(ds, q) [64x32 in 16x32 units over 4 warps]
+      {
+        float (&acc)[1][4][4] = f_acc_k;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<32, __half>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_q + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -13094,7 +13133,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
     }
   }
 #else
-  // sm_80: 27408 bytes of dynamic shared memory
+  // sm_80: 22288 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -13236,13 +13275,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 16128);  // f16[64, 32] pitch 40
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 11008);  // f16[64, 32] pitch 40
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 27136);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 22016);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 26624);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 21504);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 27392);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 22272);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -13253,8 +13291,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 26880);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 21248);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 21760);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -13725,11 +13763,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 32](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_q_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[(r) * 40 + (c)])) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c0 = (i % 4) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[(r) * 40 + (c0)], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+          }
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              t_q[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[(r) * 40 + (c)])) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -13834,7 +13890,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
         }
       }
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x32 in 16x32 units over 4 warps]
+      // acc_k += mma.tc(ds, q) [64x32 in 16x32 units over 4 warps]
       {
         float (&acc)[1][4][4] = f_acc_k;
         #pragma unroll
@@ -13847,18 +13903,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d32_e
             (void)m0;
             (void)n0;
             const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[4][2];
+            uint32_t fb_q[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
               uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
+              prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
+              fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
             }
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q[q][0], fb_q[q][1]);
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -18751,7 +18808,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d3
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, __half* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 31744 bytes of dynamic shared memory
+  // sm_90a: 27136 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -18871,7 +18928,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   __half* t_k = t_k_base;
   __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 17408);  // f16[64, 32] swizzle 64, 2 copies
   __half* t_v = t_v_base;
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 25600);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -19252,11 +19308,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 32](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 256; i += 128) {
+      const int r = i / 4, c0 = (i % 4) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[prt::swz<64>((r) * 32 + (c0))], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+      }
+    }
+    prt::fence_proxy_async();
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_k[prt::swz<64>((r) * 32 + (c))] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_k[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -19315,33 +19390,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   }
   prt::fence_proxy_async();
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x32 in 16x32 units over 4 warps]
+  // acc += mma.wgmma(ds, k) [64x32 in 16x32 units over 4 warps]
   {
     float (&acc)[1][4][4] = f_acc;
+    prt::wgmma_fence();
     #pragma unroll
-    for (int k0 = 0; k0 < 64; k0 += 16) {
+    for (int j = 0; j < 1; ++j) {
+      const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+      (void)mb;
       #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16;
-        const int n0 = (u % 1) * 32;
-        (void)m0;
-        (void)n0;
-        const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[4][2];
-        #pragma unroll
-        for (int q = 0; q < 4; q += 2) {
-          uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
-        }
-        #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        prt::Wgmma<32, __half>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_k + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
       }
     }
+    prt::wgmma_commit();
+    prt::wgmma_wait<0>();
   }
-  prt::fence_proxy_async();
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -19356,6 +19420,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::fence_proxy_async();
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -19796,7 +19862,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
 #else
-  // sm_80: 36608 bytes of dynamic shared memory
+  // sm_80: 32256 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -19916,7 +19982,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
   __half* t_k = t_k_base;
   __half* const t_v_base = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40, 2 copies
   __half* t_v = t_v_base;
-  __half* const t_k_finite = reinterpret_cast<__half*>(prt_base + 31488);  // f16[64, 32] pitch 40
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -20326,11 +20391,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 32](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 2048; i += 128) {
-      const int r = i / 32, c = i % 32;
-      t_k_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 256; i += 128) {
+      const int r = i / 4, c0 = (i % 4) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[(r) * 40 + (c0)], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+      }
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 2048; i += 128) {
+          const int r = i / 32, c = i % 32;
+          t_k[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_k[(r) * 40 + (c)])) ? prt::to_f32(t_k[(r) * 40 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -20388,7 +20471,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
     }
   }
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x32 in 16x32 units over 4 warps]
+  // acc += mma.tc(ds, k) [64x32 in 16x32 units over 4 warps]
   {
     float (&acc)[1][4][4] = f_acc;
     #pragma unroll
@@ -20401,19 +20484,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         (void)m0;
         (void)n0;
         const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[4][2];
+        uint32_t fb_k[4][2];
         #pragma unroll
         for (int q = 0; q < 4; q += 2) {
           uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
+          prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
+          fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
         }
         #pragma unroll
-        for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+        for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -20428,6 +20510,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+32] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -20908,7 +20991,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d32_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2(
     const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 24336 bytes of dynamic shared memory
+  // sm_90a: 19216 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -21048,15 +21131,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   float* const t_gk = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
   float* const t_sk = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 8704);  // f32[64] pitch 64
-  __half* const t_q = reinterpret_cast<__half*>(prt_base + 18432);  // f16[64, 32] swizzle 64
-  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 14336);  // f16[64, 32] swizzle 64
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 8960);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 23040);  // f32[64] pitch 64
+  __half* const t_q = reinterpret_cast<__half*>(prt_base + 13312);  // f16[64, 32] swizzle 64
+  __half* const t_dy = reinterpret_cast<__half*>(prt_base + 9216);  // f16[64, 32] swizzle 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 17920);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 8192);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 22528);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 17408);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 8448);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 23296);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 18176);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -21067,8 +21149,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 14080);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 22784);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 8960);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 17664);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -21512,11 +21594,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 32](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_q_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c0 = (i % 4) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[prt::swz<64>((r) * 32 + (c0))], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+          }
+        }
+        prt::fence_proxy_async();
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              t_q[prt::swz<64>((r) * 32 + (c))] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))])) ? prt::to_f32(t_q[prt::swz<64>((r) * 32 + (c))]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -21613,33 +21714,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x32 in 16x32 units over 4 warps]
-      {
-        float (&acc)[1][4][4] = f_acc_k;
-        #pragma unroll
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 32;
-            (void)m0;
-            (void)n0;
-            const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[4][2];
-            #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
-          }
-        }
-      }
       prt::wgmma_wait<0>();
       prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
+      // acc_k += mma.wgmma(ds, q) [64x32 in 16x32 units over 4 warps]
+      {
+        float (&acc)[1][4][4] = f_acc_k;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<32, __half>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<64>(t_q + ((0) / 32 * 64 + (k0)) * 32 + ((0) % 32), 4096, 512), 1);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -22129,7 +22225,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
     }
   }
 #else
-  // sm_80: 27408 bytes of dynamic shared memory
+  // sm_80: 22288 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -22271,13 +22367,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 10752);  // f32[64] pitch 64
   __half* const t_q = reinterpret_cast<__half*>(prt_base + 16128);  // f16[64, 32] pitch 40
   __half* const t_dy = reinterpret_cast<__half*>(prt_base + 11008);  // f16[64, 32] pitch 40
-  __half* const t_q_finite = reinterpret_cast<__half*>(prt_base + 21248);  // f16[64, 32] pitch 40
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 27136);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 22016);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 10240);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 26624);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 21504);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 10496);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 27392);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 22272);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // f16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -22288,8 +22383,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 26880);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 21248);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 21760);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+32]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -22760,11 +22855,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 32](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 2048; i += 128) {
-          const int r = i / 32, c = i % 32;
-          t_q_finite[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[(r) * 40 + (c)])) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 256; i += 128) {
+          const int r = i / 4, c0 = (i % 4) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[(r) * 40 + (c0)], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__half>(w0[u >> 1], u & 1))));
+          }
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 2048; i += 128) {
+              const int r = i / 32, c = i % 32;
+              t_q[(r) * 40 + (c)] = prt::from_f32<__half>((isfinite(prt::to_f32(t_q[(r) * 40 + (c)])) ? prt::to_f32(t_q[(r) * 40 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -22869,7 +22982,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
         }
       }
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x32 in 16x32 units over 4 warps]
+      // acc_k += mma.tc(ds, q) [64x32 in 16x32 units over 4 warps]
       {
         float (&acc)[1][4][4] = f_acc_k;
         #pragma unroll
@@ -22882,18 +22995,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d32
             (void)m0;
             (void)n0;
             const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[4][2];
+            uint32_t fb_q[4][2];
             #pragma unroll
             for (int q = 0; q < 4; q += 2) {
               uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
+              prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 40 + (n0 + q * 8 + prt::a_col(lane))]);
+              fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
             }
             #pragma unroll
-            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
+            for (int q = 0; q < 4; ++q) prt::mma_16816<__half>(acc[j][q], fa_ds, fb_q[q][0], fb_q[q][1]);
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -24727,16 +24841,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 36608);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 32256);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 36608, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 32256, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 27408);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 22288);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 27408, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 22288, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -24776,16 +24890,16 @@ extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, __half* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 36608);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 32256);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 36608, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 32256, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __half* g_Q, const __half* g_K, const __half* g_V, const float* g_logG, const __half* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __half* g_dK, __half* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 27408);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 22288);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 27408, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d32_e32_c64_f16_w4_bd0_bt64_s2<<<grid, 128, 22288, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -5543,7 +5543,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 // grid ((($t + 63) // 64), $hq, $b), 128 threads
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 141584 bytes of dynamic shared memory
+  // sm_80: 125200 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -5663,24 +5663,23 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   float* t_k = t_k_base;
   float* const t_v_base = reinterpret_cast<float*>(prt_base + 71440);  // f32[64, 64] pitch 68, 2 copies
   float* t_v = t_v_base;
-  float* const t_k_finite = reinterpret_cast<float*>(prt_base + 106256);  // f32[64, 64] pitch 68
   float f_dot[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float f_W[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 123664);  // f32[64, 64] pitch 68
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 106256);  // f32[64, 64] pitch 68
   float f_acc[2][4][4];  // f32[64, 64] as mma fragments: 64x64 in 16x32 units over 4 warps
   float* const t_part = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
   float* const t_wsum = reinterpret_cast<float*>(prt_base + 35328);  // f32[64] pitch 64
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 106768);  // f32[64] pitch 64
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 124688);  // f32[64] pitch 64
   float* const t_g_i = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_h_i = reinterpret_cast<float*>(prt_base + 36096);  // f32[64] pitch 64
   float* const t_gq = reinterpret_cast<float*>(prt_base + 35584);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 35840);  // f32[64] pitch 64
-  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 106256);  // f32[64] pitch 64, 2 copies
+  float* const t_gk_base = reinterpret_cast<float*>(prt_base + 124176);  // f32[64] pitch 64, 2 copies
   float* t_gk = t_gk_base;
-  float* const t_sk = reinterpret_cast<float*>(prt_base + 107024);  // f32[64] pitch 64
+  float* const t_sk = reinterpret_cast<float*>(prt_base + 124944);  // f32[64] pitch 64
   float* const t_ck = reinterpret_cast<float*>(prt_base + 36368);  // f32[64] pitch 64
   float* const t_gap = reinterpret_cast<float*>(prt_base + 36352);  // f32[1] pitch 1
-  float* const t_part_part = reinterpret_cast<float*>(prt_base + 141072);  // f32[2, 64] pitch 64
+  float* const t_part_part = reinterpret_cast<float*>(prt_base + 123664);  // f32[2, 64] pitch 64
   // q = load.async Q[pid.z, ((((($t + 63) // 64) - 1) - pid.x) * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -6022,11 +6021,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 64](!(finite(k[row, col])))
   {
+    bool prt_any_mine = false;
     for (int i = tid; i < 4096; i += 128) {
       const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 68 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 68 + (c)])) ? prt::to_f32(t_k[(r) * 68 + (c)]) : 0.0f));
+      prt_any_mine |= ((!isfinite(prt::to_f32(t_k[(r) * 68 + (c)]))));
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_k[(r) * 68 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_k[(r) * 68 + (c)])) ? prt::to_f32(t_k[(r) * 68 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -6046,7 +6056,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  __syncthreads();
   // part = reduce_sum(W, axis=1) via part_part
   {
     #pragma unroll
@@ -6080,7 +6089,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       t_wsum[r] = prt::from_f32<float>((prt::to_f32(t_wsum[r]) + prt::to_f32(t_part[r])));
     }
   }
-  // acc += mma.fmaFrag(ds, k_finite) [64x64 in 16x32 units over 4 warps]
+  __syncthreads();
+  // acc += mma.fmaFrag(ds, k) [64x64 in 16x32 units over 4 warps]
   {
     #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -6092,7 +6102,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         const float a0 = prt::to_f32(t_ds[(m0 + g) * 68 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 68 + (kk)]);
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const float b0 = prt::to_f32(t_k_finite[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k_finite[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+          const float b0 = prt::to_f32(t_k[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_k[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
           acc[q][0] = fmaf(a0, b0, acc[q][0]);
           acc[q][1] = fmaf(a0, b1, acc[q][1]);
           acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -6101,7 +6111,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -6116,6 +6125,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -6564,7 +6574,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
 // grid ((($t + 31) // 32), $h, $b), 64 threads
 extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e64_c128_f32_w2_bd0_bt32_s2(
     const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  // sm_80: 62224 bytes of dynamic shared memory
+  // sm_80: 53520 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -6706,25 +6716,24 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 17664);  // f32[32] pitch 32
   float* const t_q = reinterpret_cast<float*>(prt_base + 26496);  // f32[32, 64] pitch 68
   float* const t_dy = reinterpret_cast<float*>(prt_base + 17792);  // f32[32, 64] pitch 68
-  float* const t_q_finite = reinterpret_cast<float*>(prt_base + 35200);  // f32[32, 64] pitch 68
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 61952);  // f32[32] pitch 32
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 53248);  // f32[32] pitch 32
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 17408);  // f32[32] pitch 32
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 61696);  // f32[32] pitch 32
-  float* const t_cq = reinterpret_cast<float*>(prt_base + 61312);  // f32[32] pitch 32
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 52992);  // f32[32] pitch 32
+  float* const t_cq = reinterpret_cast<float*>(prt_base + 52608);  // f32[32] pitch 32
   float* const t_ck = reinterpret_cast<float*>(prt_base + 17536);  // f32[32] pitch 32
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 62208);  // f32[1] pitch 1
-  float* const t_dot = reinterpret_cast<float*>(prt_base + 57216);  // f32[32, 32] pitch 32
-  float* const t_W = reinterpret_cast<float*>(prt_base + 53120);  // f32[32, 32] pitch 32
-  float* const t_p = reinterpret_cast<float*>(prt_base + 48512);  // f32[32, 32] pitch 36
-  float* const t_ds = reinterpret_cast<float*>(prt_base + 43904);  // f32[32, 32] pitch 36
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 53504);  // f32[1] pitch 1
+  float* const t_dot = reinterpret_cast<float*>(prt_base + 48512);  // f32[32, 32] pitch 32
+  float* const t_W = reinterpret_cast<float*>(prt_base + 44416);  // f32[32, 32] pitch 32
+  float* const t_p = reinterpret_cast<float*>(prt_base + 39808);  // f32[32, 32] pitch 36
+  float* const t_ds = reinterpret_cast<float*>(prt_base + 35200);  // f32[32, 32] pitch 36
   float f_acc_k[2][4][4];  // f32[32, 64] as mma fragments: 32x64 in 16x32 units over 2 warps
   float f_acc_v[2][4][4];  // f32[32, 64] as mma fragments: 32x64 in 16x32 units over 2 warps
-  float* const t_part = reinterpret_cast<float*>(prt_base + 62080);  // f32[32] pitch 32
+  float* const t_part = reinterpret_cast<float*>(prt_base + 53376);  // f32[32] pitch 32
   float f_col_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
   float f_row_sum[1][2];  // f32[32] as the rows of 32x32 in 16x32 units over 2 warps
-  float* const t_fk = reinterpret_cast<float*>(prt_base + 61440);  // f32[32] pitch 32
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 61568);  // f32[32] pitch 32
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 61824);  // f32[32] pitch 32
+  float* const t_fk = reinterpret_cast<float*>(prt_base + 52736);  // f32[32] pitch 32
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 52864);  // f32[32] pitch 32
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 53120);  // f32[32] pitch 32
   // k = load.async K[pid.z, (pid.x * 32):+32, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -7162,11 +7171,22 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
           t_W[(r) * 32 + (c)] = prt::from_f32<float>((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? ((((r <= c) && (prt::to_f32(t_lse_i[c]) != __int_as_float(0xff800000))) ? prt::exp(((((prt::log(fabsf((prt::to_f32(t_dot[(r) * 32 + (c)]) * p_scale))) * 2.0f) + prt::to_f32(t_cq[c])) + prt::to_f32(t_ck[r])) - prt::to_f32(t_lse_i[c]))) : 0.0f) * (prt::to_f32(t_W[(r) * 32 + (c)]) - prt::to_f32(t_Dy_i[c]))) : 0.0f));
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[32, 64](!(finite(q[row, col])))
       {
+        bool prt_any_mine = false;
         for (int i = tid; i < 2048; i += 64) {
           const int r = i / 64, c = i % 64;
-          t_q_finite[(r) * 68 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 68 + (c)])) ? prt::to_f32(t_q[(r) * 68 + (c)]) : 0.0f));
+          prt_any_mine |= ((!isfinite(prt::to_f32(t_q[(r) * 68 + (c)]))));
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 2048; i += 64) {
+              const int r = i / 64, c = i % 64;
+              t_q[(r) * 68 + (c)] = prt::from_f32<float>((isfinite(prt::to_f32(t_q[(r) * 68 + (c)])) ? prt::to_f32(t_q[(r) * 68 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -7228,7 +7248,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
           }
         }
       }
-      // acc_k += mma.fmaFrag(ds, q_finite) [32x64 in 16x32 units over 2 warps]
+      // acc_k += mma.fmaFrag(ds, q) [32x64 in 16x32 units over 2 warps]
       {
         #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -7240,7 +7260,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
             const float a0 = prt::to_f32(t_ds[(m0 + g) * 36 + (kk)]), a1 = prt::to_f32(t_ds[(m0 + g + 8) * 36 + (kk)]);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-              const float b0 = prt::to_f32(t_q_finite[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q_finite[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
+              const float b0 = prt::to_f32(t_q[(kk) * 68 + (n0 + q * 8 + t2)]), b1 = prt::to_f32(t_q[(kk) * 68 + (n0 + q * 8 + t2 + 1)]);
               acc[q][0] = fmaf(a0, b0, acc[q][0]);
               acc[q][1] = fmaf(a0, b1, acc[q][1]);
               acc[q][2] = fmaf(a1, b0, acc[q][2]);
@@ -7249,6 +7269,7 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 32) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 32)) + 31) / 32) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -7580,7 +7601,6 @@ extern "C" __global__ void __launch_bounds__(64) prt_attention_bwd_dkv_p2_d64_e6
           __syncthreads();
         }
       }
-      __syncthreads();
     }
   }
   // store dKa[pid.z, (pid.x * 32):+32, pid.y, 0:+64] = acc_k
@@ -13154,16 +13174,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt128_s
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 141584);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 125200);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 141584, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d64_e64_c128_f32_w4_bd0_bt64_s2<<<grid, 128, 125200, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d64_e64_c128_f32_w2_bd0_bt32_s2_launch(dim3 grid, cudaStream_t stream, const float* g_Q, const float* g_K, const float* g_V, const float* g_logG, const float* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 62224);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c128_f32_w2_bd0_bt32_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 53520);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d64_e64_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 62224, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d64_e64_c128_f32_w2_bd0_bt32_s2<<<grid, 64, 53520, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -10298,7 +10298,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_query_state_bwd_dq_p2_d64_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 60416 bytes of dynamic shared memory
+  // sm_90a: 51712 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -10418,7 +10418,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   __nv_bfloat16* t_k = t_k_base;
   __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 64] swizzle 128, 2 copies
   __nv_bfloat16* t_v = t_v_base;
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -10799,11 +10798,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 64](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 512; i += 128) {
+      const int r = i / 8, c0 = (i % 8) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[prt::swz<128>((r) * 64 + (c0))], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+      }
+    }
+    prt::fence_proxy_async();
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_k[prt::swz<128>((r) * 64 + (c))] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -10862,33 +10880,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   }
   prt::fence_proxy_async();
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x64 in 16x64 units over 4 warps]
+  // acc += mma.wgmma(ds, k) [64x64 in 16x64 units over 4 warps]
   {
     float (&acc)[1][8][4] = f_acc;
+    prt::wgmma_fence();
     #pragma unroll
-    for (int k0 = 0; k0 < 64; k0 += 16) {
+    for (int j = 0; j < 1; ++j) {
+      const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+      (void)mb;
       #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16;
-        const int n0 = (u % 1) * 64;
-        (void)m0;
-        (void)n0;
-        const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[8][2];
-        #pragma unroll
-        for (int q = 0; q < 8; q += 2) {
-          uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
-        }
-        #pragma unroll
-        for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        prt::Wgmma<64, __nv_bfloat16>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_k + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
       }
     }
+    prt::wgmma_commit();
+    prt::wgmma_wait<0>();
   }
-  prt::fence_proxy_async();
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -10903,6 +10910,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::fence_proxy_async();
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -11343,7 +11352,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
 #else
-  // sm_80: 65280 bytes of dynamic shared memory
+  // sm_80: 56832 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -11463,7 +11472,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
   __nv_bfloat16* t_k = t_k_base;
   __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 37632);  // bf16[64, 64] pitch 72, 2 copies
   __nv_bfloat16* t_v = t_v_base;
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 56064);  // bf16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -11873,11 +11881,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 64](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_k[(r) * 72 + (c)])) ? prt::to_f32(t_k[(r) * 72 + (c)]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 512; i += 128) {
+      const int r = i / 8, c0 = (i % 8) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[(r) * 72 + (c0)], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+      }
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_k[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_k[(r) * 72 + (c)])) ? prt::to_f32(t_k[(r) * 72 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -11935,7 +11961,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
     }
   }
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x64 in 16x64 units over 4 warps]
+  // acc += mma.tc(ds, k) [64x64 in 16x64 units over 4 warps]
   {
     float (&acc)[1][8][4] = f_acc;
     #pragma unroll
@@ -11948,19 +11974,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         (void)m0;
         (void)n0;
         const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[8][2];
+        uint32_t fb_k[8][2];
         #pragma unroll
         for (int q = 0; q < 8; q += 2) {
           uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
+          prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
+          fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
         }
         #pragma unroll
-        for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+        for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -11975,6 +12000,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -12455,7 +12481,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_p2_d64_e6
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 44816 bytes of dynamic shared memory
+  // sm_90a: 35600 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -12595,15 +12621,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   float* const t_gk = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_sk = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 34816);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 26624);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_q_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 17152);  // bf16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 43520);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 25600);  // bf16[64, 64] swizzle 128
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34304);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 43008);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 33792);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 43776);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 34560);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -12614,8 +12639,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 43264);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -13059,11 +13084,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 64](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_q_finite[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_q[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_q[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c0 = (i % 8) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[prt::swz<128>((r) * 64 + (c0))], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+          }
+        }
+        prt::fence_proxy_async();
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              t_q[prt::swz<128>((r) * 64 + (c))] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_q[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_q[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -13160,33 +13204,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x64 in 16x64 units over 4 warps]
-      {
-        float (&acc)[1][8][4] = f_acc_k;
-        #pragma unroll
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 64;
-            (void)m0;
-            (void)n0;
-            const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[8][2];
-            #pragma unroll
-            for (int q = 0; q < 8; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
-          }
-        }
-      }
       prt::wgmma_wait<0>();
       prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
+      // acc_k += mma.wgmma(ds, q) [64x64 in 16x64 units over 4 warps]
+      {
+        float (&acc)[1][8][4] = f_acc_k;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<64, __nv_bfloat16>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_q + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -13676,7 +13715,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
     }
   }
 #else
-  // sm_80: 47888 bytes of dynamic shared memory
+  // sm_80: 38672 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -13818,13 +13857,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 28416);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 19200);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_q_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 37632);  // bf16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 47616);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 38400);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 47104);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 37888);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 47872);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 38656);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -13835,8 +13873,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 46848);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 47360);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 37632);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 38144);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -14307,11 +14345,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 64](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_q_finite[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_q[(r) * 72 + (c)])) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c0 = (i % 8) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[(r) * 72 + (c0)], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+          }
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              t_q[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_q[(r) * 72 + (c)])) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -14416,7 +14472,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
         }
       }
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x64 in 16x64 units over 4 warps]
+      // acc_k += mma.tc(ds, q) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_acc_k;
         #pragma unroll
@@ -14429,18 +14485,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_p2_d64_e
             (void)m0;
             (void)n0;
             const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[8][2];
+            uint32_t fb_q[8][2];
             #pragma unroll
             for (int q = 0; q < 8; q += 2) {
               uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
+              prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
+              fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
             }
             #pragma unroll
-            for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
+            for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_q[q][0], fb_q[q][1]);
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -19995,7 +20052,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_prep_y_p2_d6
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, __nv_bfloat16* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 60416 bytes of dynamic shared memory
+  // sm_90a: 51712 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -20115,7 +20172,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   __nv_bfloat16* t_k = t_k_base;
   __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 33792);  // bf16[64, 64] swizzle 128, 2 copies
   __nv_bfloat16* t_v = t_v_base;
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 50176);  // bf16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -20496,11 +20552,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 64](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 512; i += 128) {
+      const int r = i / 8, c0 = (i % 8) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[prt::swz<128>((r) * 64 + (c0))], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+      }
+    }
+    prt::fence_proxy_async();
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_k[prt::swz<128>((r) * 64 + (c))] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_k[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -20559,33 +20634,22 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   }
   prt::fence_proxy_async();
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x64 in 16x64 units over 4 warps]
+  // acc += mma.wgmma(ds, k) [64x64 in 16x64 units over 4 warps]
   {
     float (&acc)[1][8][4] = f_acc;
+    prt::wgmma_fence();
     #pragma unroll
-    for (int k0 = 0; k0 < 64; k0 += 16) {
+    for (int j = 0; j < 1; ++j) {
+      const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+      (void)mb;
       #pragma unroll
-      for (int j = 0; j < 1; ++j) {
-        const int u = warp + j * 4;
-        const int m0 = (u / 1) * 16;
-        const int n0 = (u % 1) * 64;
-        (void)m0;
-        (void)n0;
-        const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[8][2];
-        #pragma unroll
-        for (int q = 0; q < 8; q += 2) {
-          uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
-        }
-        #pragma unroll
-        for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+      for (int k0 = 0; k0 < 64; k0 += 16) {
+        prt::Wgmma<64, __nv_bfloat16>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_k + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
       }
     }
+    prt::wgmma_commit();
+    prt::wgmma_wait<0>();
   }
-  prt::fence_proxy_async();
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -20600,6 +20664,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    prt::fence_proxy_async();
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -21040,7 +21106,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
 #else
-  // sm_80: 65280 bytes of dynamic shared memory
+  // sm_80: 56832 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -21160,7 +21226,6 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
   __nv_bfloat16* t_k = t_k_base;
   __nv_bfloat16* const t_v_base = reinterpret_cast<__nv_bfloat16*>(prt_base + 37632);  // bf16[64, 64] pitch 72, 2 copies
   __nv_bfloat16* t_v = t_v_base;
-  __nv_bfloat16* const t_k_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 56064);  // bf16[64, 64] pitch 72
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_ds[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -21570,11 +21635,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
       }
     }
   }
-  // k_finite[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+  // if any[64, 64](!(finite(k[row, col])))
   {
-    for (int i = tid; i < 4096; i += 128) {
-      const int r = i / 64, c = i % 64;
-      t_k_finite[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_k[(r) * 72 + (c)])) ? prt::to_f32(t_k[(r) * 72 + (c)]) : 0.0f));
+    bool prt_any_mine = false;
+    for (int i = tid; i < 512; i += 128) {
+      const int r = i / 8, c0 = (i % 8) * 8;
+      uint32_t w0[4];
+      prt::lds_b16x8(&t_k[(r) * 72 + (c0)], w0);
+      #pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int c = c0 + u;
+        (void)c;
+        prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+      }
+    }
+    const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+    if (prt_any) {
+      // k[row, col] = select(finite(k[row, col]), k[row, col], 0.0)
+      {
+        for (int i = tid; i < 4096; i += 128) {
+          const int r = i / 64, c = i % 64;
+          t_k[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_k[(r) * 72 + (c)])) ? prt::to_f32(t_k[(r) * 72 + (c)]) : 0.0f));
+        }
+      }
     }
   }
   // ds[row, col] = select((((col <= row) && (lse_i[row] != -Infinity)) && (dot[row, col] != 0.0)), ((W[row, col] * 2.0) / dot[row, col]), 0.0)
@@ -21632,7 +21715,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
     }
   }
   __syncthreads();
-  // acc += mma.tc(ds, k_finite) [64x64 in 16x64 units over 4 warps]
+  // acc += mma.tc(ds, k) [64x64 in 16x64 units over 4 warps]
   {
     float (&acc)[1][8][4] = f_acc;
     #pragma unroll
@@ -21645,19 +21728,18 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         (void)m0;
         (void)n0;
         const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-        uint32_t fb_k_finite[8][2];
+        uint32_t fb_k[8][2];
         #pragma unroll
         for (int q = 0; q < 8; q += 2) {
           uint32_t r[4];
-          prt::ldmatrix_x4_trans(r, &t_k_finite[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
-          fb_k_finite[q][0] = r[0]; fb_k_finite[q][1] = r[1]; fb_k_finite[q + 1][0] = r[2]; fb_k_finite[q + 1][1] = r[3];
+          prt::ldmatrix_x4_trans(r, &t_k[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
+          fb_k[q][0] = r[0]; fb_k[q][1] = r[1]; fb_k[q + 1][0] = r[2]; fb_k[q + 1][1] = r[3];
         }
         #pragma unroll
-        for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k_finite[q][0], fb_k_finite[q][1]);
+        for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_k[q][0], fb_k[q][1]);
       }
     }
   }
-  __syncthreads();
   if ((0 < (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) - (((((((p_t + 63) / 64) - 1) - static_cast<int>(blockIdx.x)) * 64) / p_window) * p_window)) / 64))) {
     // gk = load.async logG[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h))] into stage 0
     {
@@ -21672,6 +21754,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
         prt::cp_async_4(&dst[r], in ? static_cast<const void*>(&g_logG[base + static_cast<long long>(r) * g_logG_s1]) : static_cast<const void*>(g_logG), in ? 4 : 0);
       }
     }
+    __syncthreads();
     // k = load.async K[pid.z, (((((($t + 63) // 64) - 1) - pid.x) * 64) - ((0 + 1) * 64)):+64, (pid.y // ($hq // $h)), 0:+64] into stage 0
     {
       const int a0 = static_cast<int>(blockIdx.z);
@@ -22152,7 +22235,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dq_y_p2_d64_
 extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2(
     const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __nv_bfloat16* g_dK, __nv_bfloat16* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // sm_90a: 44816 bytes of dynamic shared memory
+  // sm_90a: 35600 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem + ((1024u - (prt::smem_addr(prt_smem) & 1023u)) & 1023u);
   (void)prt_base;
@@ -22292,15 +22375,14 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   float* const t_gk = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
   float* const t_sk = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 16896);  // f32[64] pitch 64
-  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 34816);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 26624);  // bf16[64, 64] swizzle 128
-  __nv_bfloat16* const t_q_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 17152);  // bf16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 43520);  // f32[64] pitch 64
+  __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 25600);  // bf16[64, 64] swizzle 128
+  __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 17408);  // bf16[64, 64] swizzle 128
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 34304);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 16384);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 43008);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 33792);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 16640);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 43776);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 34560);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -22311,8 +22393,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 26368);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 43264);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 17152);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 34048);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -22756,11 +22838,30 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 64](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_q_finite[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_q[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_q[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c0 = (i % 8) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[prt::swz<128>((r) * 64 + (c0))], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+          }
+        }
+        prt::fence_proxy_async();
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              t_q[prt::swz<128>((r) * 64 + (c))] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_q[prt::swz<128>((r) * 64 + (c))])) ? prt::to_f32(t_q[prt::swz<128>((r) * 64 + (c))]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -22857,33 +22958,28 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
       }
       prt::fence_proxy_async();
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x64 in 16x64 units over 4 warps]
-      {
-        float (&acc)[1][8][4] = f_acc_k;
-        #pragma unroll
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-          #pragma unroll
-          for (int j = 0; j < 1; ++j) {
-            const int u = warp + j * 4;
-            const int m0 = (u / 1) * 16;
-            const int n0 = (u % 1) * 64;
-            (void)m0;
-            (void)n0;
-            const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[8][2];
-            #pragma unroll
-            for (int q = 0; q < 8; q += 2) {
-              uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
-            }
-            #pragma unroll
-            for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
-          }
-        }
-      }
       prt::wgmma_wait<0>();
       prt::wgmma_fence_regs(f_acc_v);  // acc_v is read only after the wait
+      // acc_k += mma.wgmma(ds, q) [64x64 in 16x64 units over 4 warps]
+      {
+        float (&acc)[1][8][4] = f_acc_k;
+        prt::wgmma_fence();
+        #pragma unroll
+        for (int j = 0; j < 1; ++j) {
+          const int mb = 64 * (warp / 4) + 64 * j;  // this warpgroup's rows
+          (void)mb;
+          #pragma unroll
+          for (int k0 = 0; k0 < 64; k0 += 16) {
+            prt::Wgmma<64, __nv_bfloat16>::template rs<1>(acc[j], f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1], prt::wgmma_desc<128>(t_q + ((0) / 64 * 64 + (k0)) * 64 + ((0) % 64), 8192, 1024), 1);
+          }
+        }
+        prt::wgmma_commit();
+        // waited for further down (wgmma.wait)
+      }
+      prt::fence_proxy_async();
+      __syncthreads();
+      prt::wgmma_wait<0>();
+      prt::wgmma_fence_regs(f_acc_k);  // acc_k is read only after the wait
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -23373,7 +23469,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
     }
   }
 #else
-  // sm_80: 47888 bytes of dynamic shared memory
+  // sm_80: 38672 bytes of dynamic shared memory
   extern __shared__ __align__(128) unsigned char prt_smem[];
   unsigned char* const prt_base = prt_smem;
   (void)prt_base;
@@ -23515,13 +23611,12 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   float* const t_ck_own = reinterpret_cast<float*>(prt_base + 18944);  // f32[64] pitch 64
   __nv_bfloat16* const t_q = reinterpret_cast<__nv_bfloat16*>(prt_base + 28416);  // bf16[64, 64] pitch 72
   __nv_bfloat16* const t_dy = reinterpret_cast<__nv_bfloat16*>(prt_base + 19200);  // bf16[64, 64] pitch 72
-  __nv_bfloat16* const t_q_finite = reinterpret_cast<__nv_bfloat16*>(prt_base + 37632);  // bf16[64, 64] pitch 72
-  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 47616);  // f32[64] pitch 64
+  float* const t_lse_i = reinterpret_cast<float*>(prt_base + 38400);  // f32[64] pitch 64
   float* const t_Dy_i = reinterpret_cast<float*>(prt_base + 18432);  // f32[64] pitch 64
-  float* const t_gq = reinterpret_cast<float*>(prt_base + 47104);  // f32[64] pitch 64
+  float* const t_gq = reinterpret_cast<float*>(prt_base + 37888);  // f32[64] pitch 64
   float* const t_cq = reinterpret_cast<float*>(prt_base + 18688);  // f32[64] pitch 64
   float f_ck[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_gap = reinterpret_cast<float*>(prt_base + 47872);  // f32[1] pitch 1
+  float* const t_gap = reinterpret_cast<float*>(prt_base + 38656);  // f32[1] pitch 1
   float f_dot[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   float f_W[1][8][4];  // f32[64, 64] as mma fragments: 64x64 in 16x64 units over 4 warps
   uint32_t f_p[1][8][2];  // bf16[64, 64] as mma fragments, two per register: 64x64 in 16x64 units over 4 warps
@@ -23532,8 +23627,8 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
   float f_col_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_row_sum[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
   float f_fk[1][2];  // f32[64] as the rows of 64x64 in 16x64 units over 4 warps
-  float* const t_g_i = reinterpret_cast<float*>(prt_base + 46848);  // f32[64] pitch 64
-  float* const t_h_i = reinterpret_cast<float*>(prt_base + 47360);  // f32[64] pitch 64
+  float* const t_g_i = reinterpret_cast<float*>(prt_base + 37632);  // f32[64] pitch 64
+  float* const t_h_i = reinterpret_cast<float*>(prt_base + 38144);  // f32[64] pitch 64
   // k = load.async K[pid.z, (pid.x * 64):+64, pid.y, 0:+64]
   {
     const int a0 = static_cast<int>(blockIdx.z);
@@ -24004,11 +24099,29 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
           }
         }
       }
-      // q_finite[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+      // if any[64, 64](!(finite(q[row, col])))
       {
-        for (int i = tid; i < 4096; i += 128) {
-          const int r = i / 64, c = i % 64;
-          t_q_finite[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_q[(r) * 72 + (c)])) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
+        bool prt_any_mine = false;
+        for (int i = tid; i < 512; i += 128) {
+          const int r = i / 8, c0 = (i % 8) * 8;
+          uint32_t w0[4];
+          prt::lds_b16x8(&t_q[(r) * 72 + (c0)], w0);
+          #pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const int c = c0 + u;
+            (void)c;
+            prt_any_mine |= ((!isfinite(prt::b16_half<__nv_bfloat16>(w0[u >> 1], u & 1))));
+          }
+        }
+        const bool prt_any = __syncthreads_or(prt_any_mine) != 0;
+        if (prt_any) {
+          // q[row, col] = select(finite(q[row, col]), q[row, col], 0.0)
+          {
+            for (int i = tid; i < 4096; i += 128) {
+              const int r = i / 64, c = i % 64;
+              t_q[(r) * 72 + (c)] = prt::from_f32<__nv_bfloat16>((isfinite(prt::to_f32(t_q[(r) * 72 + (c)])) ? prt::to_f32(t_q[(r) * 72 + (c)]) : 0.0f));
+            }
+          }
         }
       }
       // p[row, col] = select(((row <= col) && (lse_i[col] != -Infinity)), exp(((((log(abs((dot[row, col] * $scale))) * 2.0) + cq[col]) + ck[row]) - lse_i[col])), 0.0)
@@ -24113,7 +24226,7 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
         }
       }
       __syncthreads();
-      // acc_k += mma.tc(ds, q_finite) [64x64 in 16x64 units over 4 warps]
+      // acc_k += mma.tc(ds, q) [64x64 in 16x64 units over 4 warps]
       {
         float (&acc)[1][8][4] = f_acc_k;
         #pragma unroll
@@ -24126,18 +24239,19 @@ extern "C" __global__ void __launch_bounds__(128) prt_attention_bwd_dkv_y_p2_d64
             (void)m0;
             (void)n0;
             const uint32_t fa_ds[4] = {f_ds[j][k0 / 8][0], f_ds[j][k0 / 8][1], f_ds[j][k0 / 8 + 1][0], f_ds[j][k0 / 8 + 1][1]};
-            uint32_t fb_q_finite[8][2];
+            uint32_t fb_q[8][2];
             #pragma unroll
             for (int q = 0; q < 8; q += 2) {
               uint32_t r[4];
-              prt::ldmatrix_x4_trans(r, &t_q_finite[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
-              fb_q_finite[q][0] = r[0]; fb_q_finite[q][1] = r[1]; fb_q_finite[q + 1][0] = r[2]; fb_q_finite[q + 1][1] = r[3];
+              prt::ldmatrix_x4_trans(r, &t_q[(k0 + prt::a_row(lane)) * 72 + (n0 + q * 8 + prt::a_col(lane))]);
+              fb_q[q][0] = r[0]; fb_q[q][1] = r[1]; fb_q[q + 1][0] = r[2]; fb_q[q + 1][1] = r[3];
             }
             #pragma unroll
-            for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_q_finite[q][0], fb_q_finite[q][1]);
+            for (int q = 0; q < 8; ++q) prt::mma_16816<__nv_bfloat16>(acc[j][q], fa_ds, fb_q[q][0], fb_q[q][1]);
           }
         }
       }
+      __syncthreads();
       {
         const int v_i1_end = ((((prt::min_nan(((((static_cast<int>(blockIdx.x) * 64) / p_window) + 1) * p_window), p_t) - (static_cast<int>(blockIdx.x) * 64)) + 63) / 64) - 1);
         for (int v_i1 = 0; v_i1 < v_i1_end; v_i1 += 1) {
@@ -25980,16 +26094,16 @@ extern "C" cudaError_t prt_query_state_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, float* g_dQa, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65280);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 56832);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 65280, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 56832, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQa, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, float* g_dKa, float* g_dVa, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 47888);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 38672);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 47888, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 38672, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dKa, g_dVa, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
@@ -26029,16 +26143,16 @@ extern "C" cudaError_t prt_attention_bwd_prep_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_
 }
 
 extern "C" cudaError_t prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, __nv_bfloat16* g_dQ, float* g_rowW, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 65280);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 56832);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 65280, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dq_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 56832, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_dQ, g_rowW, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t prt_attention_bwd_dkv_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2_launch(dim3 grid, cudaStream_t stream, const __nv_bfloat16* g_Q, const __nv_bfloat16* g_K, const __nv_bfloat16* g_V, const float* g_logG, const __nv_bfloat16* g_dY, const float* g_lse, const float* g_Dy, const float* g_rowW, __nv_bfloat16* g_dK, __nv_bfloat16* g_dV, float* g_dlamA, int p_b, int p_t, int p_hq, int p_h, int p_window, float p_scale) {
-  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 47888);
+  cudaError_t err = cudaFuncSetAttribute(prt_attention_bwd_dkv_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2, cudaFuncAttributeMaxDynamicSharedMemorySize, 38672);
   if (err != cudaSuccess) return err;
-  prt_attention_bwd_dkv_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 47888, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
+  prt_attention_bwd_dkv_y_p2_d64_e64_c64_bf16_w4_bd0_bt64_s2<<<grid, 128, 38672, stream>>>(g_Q, g_K, g_V, g_logG, g_dY, g_lse, g_Dy, g_rowW, g_dK, g_dV, g_dlamA, p_b, p_t, p_hq, p_h, p_window, p_scale);
   return cudaGetLastError();
 }
 

@@ -97,6 +97,17 @@ describe("generated CUDA == interpreter, d 64, chunk 128, bf16, attention with n
     NON_FINITE_V.forEach(([t, c], i) => (v[t * MAIN_SPEC.e + c] = [Infinity, -Infinity, NaN, Infinity][i]!));
   }));
 
+// ... and the backward's with non-finite K and Q: a diagonal block votes and zeroes them in place
+// before the mma that multiplies the masked ds by them (dsl/kernels/attention-bwd.ts)
+describe("generated CUDA == interpreter, d 64, chunk 128, bf16, attention backward with non-finite K and Q", () =>
+  emulatedAgainstInterpreter(MAIN_SPEC, ["attention_bwd_dq", "attention_bwd_dkv", "attention_bwd_dq_y", "attention_bwd_dkv_y"],
+    { ...PARAMS, t: 300, n: 3, window: 128 }, undefined, (inputs) => {
+      NON_FINITE_V.forEach(([t, c], i) => {
+        inputs["K"]![t * MAIN_SPEC.d + c] = [Infinity, NaN, -Infinity, Infinity][i]!; // h = 1
+        inputs["Q"]![(t * 2 + 1) * MAIN_SPEC.d + ((c + 3) % MAIN_SPEC.d)] = [NaN, Infinity, Infinity, -Infinity][i]!; // hq = 2: head 1
+      });
+    }));
+
 function emulatedAgainstInterpreter(
   spec: { deg: number; d: number; e: number; chunk: number; dtype: DType }, only: readonly string[] | null, PARAMS: typeof PARAMS_,
   scheduleFor?: (k: KernelDef, s: Spec) => Schedule, poke?: (inputs: Record<string, Float32Array>) => void,

@@ -53,8 +53,9 @@
 //
 // Non-finite inputs (README "Non-finite inputs"): the products of the pairs that carry no weight are
 // selected to 0, never multiplied by 0; on a diagonal block, where the mma still multiplies the
-// masked (zero) ds by k_j (j > i) or q_i (i < j), K and Q enter as copies with their non-finite
-// entries as 0 (the live pairs of such a row or column carry NaN in ds already, from their dot).
+// masked (zero) ds by k_j (j > i) or q_i (i < j), K and Q enter it with their non-finite entries
+// as 0 (the live pairs of such a row or column carry NaN in ds already, from their dot): after the
+// scores, a block that votes that its tile holds a non-finite value (rare) zeroes them in place.
 //
 // Tensors: Q [b,t,hq,d], K [b,t,h,d], V [b,t,h,e], dY [b,t,hq,e] (dtype); logG, lse, lseB, Dy, DyA,
 // PA, rowW [b,t,hq] and dlamA [b,t,h] f32; yF [b,t,hq,e] f32 (prep_y); dQa [b,t,hq,d], dKa [b,t,h,d], dVa [b,t,h,e] f32 (parts)
@@ -129,8 +130,11 @@ const scaledScore = (dot: Val, scale: Val, f: Val, g: Val): Val => dot.mul(scale
 /** Off the diagonal block: dP_ij - Dy_i, 0 on a row with no weight (a non-finite v_j must not reach W or ds' there). */
 const dpTerm = (dP: Val, Dy: Val, lse: Val): Val => select(lse.ne(f32(-Infinity)), dP.sub(Dy), f32(0));
 
-/** A copy of `src` with its non-finite entries as 0 (the diagonal block's K or Q, see the header). */
-const finite = (k: KernelBuilder, dst: Tile, src: Tile): void => k.map(dst, ({ row, col }) => select(src.at(row, col).isFinite(), src.at(row, col), 0));
+/** `t` with its non-finite entries as 0, in place, when the block votes that it holds one (the
+ * diagonal block's K or Q once its scores are taken, see the header): the common case costs one
+ * vote, no copy. */
+const zeroNonFinite = (k: KernelBuilder, t: Tile): void =>
+  k.if(k.any(t, ({ row, col }) => t.at(row, col).isFinite().not()), () => k.map(t, ({ row, col }) => select(t.at(row, col).isFinite(), t.at(row, col), 0)));
 
 /** The walk of a query block [q0, q0 + B) over its key blocks: the diagonal one, then the window's
  * earlier ones from the nearest to the farthest (the forward's order). `start` is called once the
@@ -283,7 +287,6 @@ function dqBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const DyI = k.reg("Dy_i", [B], "f32");
     const kt = k.shared("k", [B, d], dtype);
     const vt = k.shared("v", [B, e], dtype);
-    const kFinite = k.shared("k_finite", [B, d], dtype);
     const dot = k.reg("dot", [B, B], "f32"); // q_i . k_j, then u_ij off the diagonal
     const W = k.reg("W", [B, B], "f32"); // dP, then W (off the diagonal: dP - Dy, then W)
     const ds = k.reg("ds", [B, B], dtype); // the mma operand of dq
@@ -312,7 +315,7 @@ function dqBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       if (diagonal) {
         const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: g.cq.at(row), ck: g.ck.at(col), lse: lseI.at(row), visible: col.le(row) });
         k.map(W, ({ row, col }) => wTerm(pair(row, col), io.scale, p, W.at(row, col), DyI.at(row)));
-        finite(k, kFinite, kt);
+        zeroNonFinite(k, kt);
         k.map(ds, ({ row, col }) => dsTerm(pair(row, col), p, W.at(row, col)));
       } else {
         // linear space (header): no logarithm, exponential or division per score
@@ -324,7 +327,7 @@ function dqBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       }
       k.reduce(part, W, "sum", 1); // [B] row sums
       k.map(wsum, ({ row }) => wsum.at(row).add(part.at(row)));
-      k.mma(acc, ds, diagonal ? kFinite : kt, { accumulate: true }); // dq += [B, B] @ [B, d]
+      k.mma(acc, ds, kt, { accumulate: true }); // dq += [B, B] @ [B, d]
     });
     k.store(dQ, [bi, rows, qh, range(0, d)], acc); // rounded to the tensor's dtype
     k.store(rowW, [bi, rows, qh], wsum);
@@ -362,7 +365,6 @@ function dkvBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
     const ckOwn = k.reg("ck_own", [B], "f32"); // logG[j+1] + ... + logG[k0+B-1]
     const qt = k.shared("q", [B, d], dtype); // a query block
     const dyt = k.shared("dy", [B, e], dtype);
-    const qFinite = k.shared("q_finite", [B, d], dtype);
     const lseI = k.reg("lse_i", [B], "f32");
     const DyI = k.reg("Dy_i", [B], "f32");
     const gq = k.reg("gq", [B], "f32"); // the query block's gates
@@ -408,7 +410,7 @@ function dkvBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       if (diagonal) {
         const pair = (row: Val, col: Val): Pair => ({ dot: dot.at(row, col), cq: cq.at(col), ck: ck.at(row), lse: lseI.at(col), visible: row.le(col) });
         k.map(W, ({ row, col }) => wTerm(pair(row, col), io.scale, p, W.at(row, col), DyI.at(col)));
-        finite(k, qFinite, qt);
+        zeroNonFinite(k, qt);
         k.map(pt, ({ row, col }) => weight(pair(row, col), io.scale, p));
         k.mma(accV, pt, dyt, { accumulate: true }); // dv += [B, B] @ [B, e]
         k.map(ds, ({ row, col }) => dsTerm(pair(row, col), p, W.at(row, col)));
@@ -426,7 +428,7 @@ function dkvBuild(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       }
       k.reduce(part, W, "sum", 1); // [B] column sums of W
       k.map(colSum, ({ row }) => colSum.at(row).add(part.at(row)));
-      k.mma(accK, ds, diagonal ? qFinite : qt, { accumulate: true }); // dk += [B, B] @ [B, d]
+      k.mma(accK, ds, qt, { accumulate: true }); // dk += [B, B] @ [B, d]
       if (!diagonal) k.map(gap, ({ row }) => gap.at(row).add(cq.at(B - 1))); // a [1] tile: row is 0
     };
 
