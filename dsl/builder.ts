@@ -121,6 +121,9 @@ export interface MapIndex {
   readonly col: Val;
 }
 
+/** The row and column of the element a map (or a store's mask, or a vote) is evaluated at. */
+const mapIndex = (): MapIndex => ({ row: new Val({ op: "row" }, "i32"), col: new Val({ op: "col" }, "i32") });
+
 export class KernelBuilder {
   private readonly params: ParamDecl[] = [];
   private readonly tensors: TensorDecl[] = [];
@@ -174,15 +177,13 @@ export class KernelBuilder {
 
   /** dst[index] = src; with `where`, only the elements (row, col of src) where it holds. */
   store(dst: TensorRef, index: readonly (Scalar | Range)[], src: Tile, opts: { where?: (ix: MapIndex) => Val } = {}): void {
-    const ix = { row: new Val({ op: "row" }, "i32"), col: new Val({ op: "col" }, "i32") };
-    const mask = opts.where ? { mask: opts.where(ix).expr } : {};
+    const mask = opts.where ? { mask: opts.where(mapIndex()).expr } : {};
     this.emit({ kind: "store", tensor: dst.name, slices: index.map(toSlice), src: src.name, ...mask });
   }
 
   /** dst[row, col] = f({row, col}) for every element. */
   map(dst: Tile, f: (ix: MapIndex) => Scalar): void {
-    const ix = { row: new Val({ op: "row" }, "i32"), col: new Val({ op: "col" }, "i32") };
-    this.emit({ kind: "map", dst: dst.name, expr: lift(f(ix), null).expr });
+    this.emit({ kind: "map", dst: dst.name, expr: lift(f(mapIndex()), null).expr });
   }
 
   fill(dst: Tile, value: number): void {
@@ -261,8 +262,7 @@ export class KernelBuilder {
   /** Whether f({row, col}) holds at some element of `over`'s shape: a program-uniform bool the
    * block computes together, for the condition of `if` (e.g. a tile holds a non-finite value). */
   any(over: Tile, f: (ix: MapIndex) => Val): Val {
-    const ix = { row: new Val({ op: "row" }, "i32"), col: new Val({ op: "col" }, "i32") };
-    return new Val({ op: "any", shape: over.shape, pred: f(ix).expr }, "bool");
+    return new Val({ op: "any", shape: over.shape, pred: f(mapIndex()).expr }, "bool");
   }
 
   build(doc: string): Kernel {

@@ -70,7 +70,7 @@ function accessesOutside(k: LKernel, loop: LStmt, tile: string): boolean {
     for (const s of body) {
       if (s === loop) [seen, enclosed] = [true, inLoop];
       else if ((s.kind === "for" || s.kind === "if") && holdsLoop(s)) {
-        if (touches([{ ...s, body: [], ...(s.kind === "if" ? { orelse: undefined } : {}) }])) after = true; // its bounds or condition: conservatively out
+        if (touches([withBodies(s, () => [])])) after = true; // its bounds or condition: conservatively out
         for (const b of bodiesOf(s)) visit(b, inLoop || s.kind === "for");
       } else if (touches([s])) {
         if (seen) after = true;

@@ -64,7 +64,7 @@
 import { f32, range, select, traceKernel, type KernelBuilder, type TensorRef, type Tile, type Val } from "../builder.ts";
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
-import { lastFirst, tileBytes, TILE_BUDGET, tileSizes } from "./common.ts";
+import { holdsNonFinite, lastFirst, tileBytes, TILE_BUDGET, tileSizes, zeroNonFiniteIn } from "./common.ts";
 
 type Epilogue = "parts" | "y";
 
@@ -133,8 +133,7 @@ const dpTerm = (dP: Val, Dy: Val, lse: Val): Val => select(lse.ne(f32(-Infinity)
 /** `t` with its non-finite entries as 0, in place, when the block votes that it holds one (the
  * diagonal block's K or Q once its scores are taken, see the header): the common case costs one
  * vote, no copy. */
-const zeroNonFinite = (k: KernelBuilder, t: Tile): void =>
-  k.if(k.any(t, ({ row, col }) => t.at(row, col).isFinite().not()), () => k.map(t, ({ row, col }) => select(t.at(row, col).isFinite(), t.at(row, col), 0)));
+const zeroNonFinite = (k: KernelBuilder, t: Tile): void => k.if(holdsNonFinite(k, t), () => zeroNonFiniteIn(k, t));
 
 /** The walk of a query block [q0, q0 + B) over its key blocks: the diagonal one, then the window's
  * earlier ones from the nearest to the farthest (the forward's order). `start` is called once the

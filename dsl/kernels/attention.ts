@@ -33,7 +33,7 @@ import { max, range, select, traceKernel, type KernelBuilder, type TensorRef, ty
 import type { Kernel } from "../ir.ts";
 import type { KernelDef, Schedule, Spec } from "../spec.ts";
 import { dtypeBytes } from "../dtype.ts";
-import { lastFirst, safeExpDiff, TILE_BUDGET, tileSizes } from "./common.ts";
+import { holdsNonFinite, lastFirst, safeExpDiff, TILE_BUDGET, tileSizes, zeroNonFiniteIn } from "./common.ts";
 
 type Epilogue = "parts" | "y";
 
@@ -167,11 +167,11 @@ function build(spec: Spec, sch: Schedule, epilogue: Epilogue): Kernel {
       // reference gives inf or NaN there; README "Non-finite inputs"; NaN stays NaN through every
       // sum after), and v enters the mma with its non-finite entries as 0. Otherwise v enters as it
       // is: the column count costs more than the rest of the block (Nsight Compute, 2026-12-07).
-      k.if(k.any(vt, ({ row, col }) => vt.at(row, col).isFinite().not()), () => {
+      k.if(holdsNonFinite(k, vt), () => {
         k.map(vBad, ({ row, col }) => select(vt.at(row, col).isFinite(), 0, 1));
         k.cumsum(vBad, vBad, 0); // [B, e]: non-finite v_jc with j <= row
         k.map(acc, ({ row, col }) => select(vBad.at(row, col).gt(0), NaN, acc.at(row, col)));
-        k.map(vt, ({ row, col }) => select(vt.at(row, col).isFinite(), vt.at(row, col), 0));
+        zeroNonFiniteIn(k, vt);
       });
       k.mma(acc, pt, vt, { accumulate: true });
     };

@@ -34,6 +34,12 @@ export function lastFirst(k: KernelBuilder, t: Val, B: number): Val {
   return t.add(B - 1).idiv(B).sub(1).sub(k.programId(0)).mul(B);
 }
 
+/** Whether tile `t` holds a non-finite value: a block vote, for the condition of `k.if`. */
+export const holdsNonFinite = (k: KernelBuilder, t: Tile): Val => k.any(t, ({ row, col }) => t.at(row, col).isFinite().not());
+
+/** Tile `t` with its non-finite entries as 0, in place. */
+export const zeroNonFiniteIn = (k: KernelBuilder, t: Tile): void => k.map(t, ({ row, col }) => select(t.at(row, col).isFinite(), t.at(row, col), 0));
+
 /** exp(x) that is 0 where x is -inf minus -inf (a row with no weight at all), instead of NaN. */
 export function safeExpDiff(x: Val, m: Val): Val {
   return select(m.eq(f32(-Infinity)), f32(0), x.sub(m).exp());
