@@ -182,6 +182,7 @@ function timeVariant(v: Variant): void {
     for (const plan of [fwd, bwd] as Plan[])
       for (const b of plan.buffers) {
         if (bufs.has(b.name)) continue;
+        if (b.dtype === "i32") throw new Error(`autotune: plan buffer '${b.name}' is a table; plans with tables are not swept here`);
         const buf = DeviceBuffer.alloc(numel(b.shape) * dtypeBytes(b.dtype));
         bufs.set(b.name, buf);
         // an input of the forward, or of the backward alone (dY); the backward's other inputs are forward outputs
@@ -206,7 +207,7 @@ function timeVariant(v: Variant): void {
     prep.forEach((_, i) => launch(i));
     native.synchronize();
     v.nan = mine.some((i) =>
-      prep[i]!.kernel.tensors.filter((t) => t.role === "out").some((t) => hasNaN(bufs.get(prep[i]!.step.bind[t.name]!)!, t.dtype)),
+      prep[i]!.kernel.tensors.filter((t) => t.role === "out").some((t) => t.dtype !== "i32" && hasNaN(bufs.get(prep[i]!.step.bind[t.name]!)!, t.dtype)),
     );
     v.ms = medianMs(() => mine.forEach(launch), reps);
   } finally {

@@ -9,7 +9,7 @@ import Handlebars from "handlebars";
 import type { DType } from "../dsl/dtype.ts";
 import { printExpr } from "../dsl/print.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
-import { checkSpec, scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
+import { checkSpec, scheduleKey, specKey, tableSchedule, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
 import type { AlgorithmTable } from "../dsl/algorithm.ts";
 import { validateKernel } from "../dsl/validate.ts";
 import { threadsOf } from "./lir.ts";
@@ -170,7 +170,7 @@ export function loadSchedules(file: string): Map<string, Schedule> {
 
 /** A GenOptions.scheduleFor from a schedules table: the listed schedule, else the kernel's default. */
 export function scheduleForTable(table: ReadonlyMap<string, Schedule>): (k: KernelDef, spec: Spec) => Schedule {
-  return (k, spec) => table.get(`${k.name}/${specKey(spec)}`) ?? k.schedule(spec);
+  return (k, spec) => tableSchedule((key) => (key.includes("/") ? table.get(key) : undefined), k, spec);
 }
 
 /** The measured algorithm table (dsl/algorithm.ts) gen copies into every manifest. */

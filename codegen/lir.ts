@@ -11,7 +11,7 @@
 //   - an mma group computes mma operands in registers, straight into the fragment layout, from the
 //     maps that define them (lower/fuse-operands.ts): those tiles have no bytes anywhere.
 
-import type { DType } from "../dsl/dtype.ts";
+import type { DType, TensorDType } from "../dsl/dtype.ts";
 import type { BufferDecl, Expr, Kernel, ParamDecl, Slice, Stmt, TensorDecl, TileType } from "../dsl/ir.ts";
 
 /** How the output of an mma is split over the warps of a block: units of 16 rows x (8 * nt)
@@ -418,8 +418,8 @@ export function mapFragReads(k: LKernel, s: Extract<LStmt, { kind: "map" }>): st
 }
 
 /** Element type names in CUDA C++. */
-export function cType(t: DType): string {
-  return t === "f32" ? "float" : t === "f16" ? "__half" : "__nv_bfloat16";
+export function cType(t: TensorDType): string {
+  return t === "f32" ? "float" : t === "i32" ? "int" : t === "f16" ? "__half" : "__nv_bfloat16";
 }
 
 /** A frag tile of one dimension: the rows of its tiling each thread owns. */

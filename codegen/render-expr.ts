@@ -22,6 +22,8 @@ export function exprType(e: Expr, k: LKernel): CType {
       return "i32";
     case "read":
       return "f32";
+    case "fetch":
+      return "i32";
     case "unary":
       if (e.fn === "not" || e.fn === "finite") return "bool";
       return e.fn === "neg" || e.fn === "abs" ? exprType(e.a, k) : "f32";
@@ -111,6 +113,10 @@ export function renderExpr(e: Expr, c: ExprCtx): string {
     case "col":
       if (c.col === undefined) throw new Error("'col' outside a map");
       return c.col;
+    case "fetch": {
+      const g = cName("g", e.tensor);
+      return `prt::fetch_i32(${g}, ${g}_d0, ${r(e.index)})`;
+    }
     case "read": {
       const b = bufferOf(c.k, e.buf);
       if (b.home === "frag") {

@@ -107,6 +107,16 @@ export class TensorRef {
   constructor(readonly name: string, readonly dtype: DType, readonly rank: number) {}
 }
 
+/** A 1-D i32 input tensor read one element at a time (\`at\`: a program-uniform i32), e.g. where
+ * each packed sequence starts. Its index may use params, program ids, loop variables and other
+ * tables' elements, not tiles, rows or columns. */
+export class TableRef {
+  constructor(readonly name: string) {}
+  at(i: Scalar): Val {
+    return new Val({ op: "fetch", tensor: this.name, index: lift(i, i32(0)).expr }, "i32");
+  }
+}
+
 /** A tile axis of a load/store: `size` elements from `start`. */
 export class Range {
   constructor(readonly start: Val, readonly size: number) {}
@@ -143,6 +153,12 @@ export class KernelBuilder {
   tensor(name: string, dtype: DType, dims: readonly Scalar[], role: "in" | "out"): TensorRef {
     this.tensors.push({ name, dtype, dims: dims.map((d) => lift(d, i32(0)).expr), role });
     return new TensorRef(name, dtype, dims.length);
+  }
+
+  /** An i32 table of \`length\` elements (an input; see TableRef). */
+  table(name: string, length: Scalar): TableRef {
+    this.tensors.push({ name, dtype: "i32", dims: [lift(length, i32(0)).expr], role: "in" });
+    return new TableRef(name);
   }
 
   /** Programs per grid axis (x, y, z). */

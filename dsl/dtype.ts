@@ -5,6 +5,9 @@
 
 export type DType = "f32" | "f16" | "bf16";
 export type ScalarType = DType | "i32" | "bool";
+/** What a kernel's global tensor may hold: a DType, or i32 for a table (read one element at a time
+ * by a program-uniform \`fetch\`: the offsets of packed variable-length sequences). */
+export type TensorDType = DType | "i32";
 
 export const DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
 
@@ -13,8 +16,8 @@ export function isDType(x: unknown): x is DType {
 }
 
 /** Bytes of one element in device memory. */
-export function dtypeBytes(t: DType): number {
-  return t === "f32" ? 4 : 2;
+export function dtypeBytes(t: TensorDType): number {
+  return t === "f32" || t === "i32" ? 4 : 2;
 }
 
 const f64 = new Float64Array(1);
@@ -65,9 +68,24 @@ export function rounder(t: DType): (x: number) => number {
 }
 
 /** Round every element of `xs` to dtype `t`, into a new Float32Array (f16/bf16 values are exact in f32). */
-export function roundArray(xs: ArrayLike<number>, t: DType): Float32Array {
+export function roundArray(xs: ArrayLike<number>, t: TensorDType): Float32Array {
+  if (t === "i32") return tableArray(xs);
   const r = rounder(t);
   const out = new Float32Array(xs.length);
   for (let i = 0; i < xs.length; i++) out[i] = r(xs[i]!);
+  return out;
+}
+
+/** The interpreter holds an i32 table in a Float32Array: exact for integers below 2^24 in
+ * magnitude, which every value must be (a table of row offsets into 16 M packed tokens or more
+ * runs on the GPU, not here). */
+export function tableArray(xs: ArrayLike<number>): Float32Array {
+  const out = new Float32Array(xs.length);
+  for (let i = 0; i < xs.length; i++) {
+    const v = xs[i]!;
+    if (!Number.isInteger(v) || Math.abs(v) >= 2 ** 24)
+      throw new Error(`i32 table element ${i}: expected an integer of magnitude below 2^24 (the interpreter holds tables as f32), received ${v}`);
+    out[i] = v;
+  }
   return out;
 }

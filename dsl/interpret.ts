@@ -5,7 +5,7 @@
 // f32 destination, i.e. at least as accurate as the GPU's fp32 accumulation. Tiles start as NaN in
 // every program, so a kernel that reads an element it never wrote poisons its output.
 
-import { rounder } from "./dtype.ts";
+import { rounder, type DType, type TensorDType } from "./dtype.ts";
 import type { Expr, Kernel, Slice, Stmt } from "./ir.ts";
 import { symPowTable } from "./sympow.ts";
 import { assertValid } from "./validate.ts";
@@ -74,6 +74,14 @@ function compileExpr(e: Expr, env: Env): Fn {
       const i0 = compileExpr(e.index[0]!, env), i1 = compileExpr(e.index[1]!, env);
       const n0 = shape[0]!, n1 = shape[1]!;
       return (c, r, k) => c.bufs[slot]![check(i0(c, r, k), n0) * n1 + check(i1(c, r, k), n1)]!;
+    }
+    case "fetch": {
+      // out of bounds reads 0, as a load's elements do
+      const tab = env.tensors[e.tensor]!, n = env.dims.get(e.tensor)![0]!, i = compileExpr(e.index, env);
+      return (c, r, k) => {
+        const j = i(c, r, k);
+        return j >= 0 && j < n ? tab[j]! : 0;
+      };
     }
     case "unary": {
       const a = compileExpr(e.a, env);
@@ -204,7 +212,7 @@ function compileStmt(s: Stmt, env: Env): Run {
     case "store": {
       const place = compilePlacement(s.tensor, s.slices, env);
       const dst = env.tensors[s.tensor]!, sl = slot(s.src), sh = shape(s.src);
-      const round = rounder(K.tensors.find((t) => t.name === s.tensor)!.dtype);
+      const round = rounder(storable(K.tensors.find((t) => t.name === s.tensor)!.dtype));
       const mask = s.mask ? compileExpr(s.mask, env) : null, cols = sh[1] ?? 1;
       return (c) => {
         const src = c.bufs[sl]!;
@@ -346,6 +354,12 @@ function evalUniform(e: Expr, kernel: Kernel, params: Float64Array): number {
 }
 
 /** Evaluate each tensor's dims for the given params. */
+/** The dtype of a tensor a tile is stored to (the validator keeps tables out of stores). */
+function storable(t: TensorDType): DType {
+  if (t === "i32") throw new Error("store to an i32 table (tables are read by fetch only)");
+  return t;
+}
+
 export function tensorDims(k: Kernel, params: Readonly<Record<string, number>>): Map<string, number[]> {
   const pv = paramVector(k, params);
   return new Map(k.tensors.map((t) => [t.name, t.dims.map((d) => evalUniform(d, k, pv))]));

@@ -3,7 +3,7 @@
 // program of a launch grid. Every pass (validator, printer, interpreter, CUDA lowering) is a
 // function over these nodes; nothing here knows how it will be executed.
 
-import type { DType, ScalarType } from "./dtype.ts";
+import type { DType, ScalarType, TensorDType } from "./dtype.ts";
 
 /** Where a tile lives on the GPU. The interpreter ignores it; the lowering honours it. */
 export type Space = "shared" | "reg";
@@ -22,7 +22,8 @@ export interface BufferDecl {
 /** A kernel argument in device memory: row-major, contiguous, dims are integer expressions over params. */
 export interface TensorDecl {
   readonly name: string;
-  readonly dtype: DType;
+  /** i32: a table, input only, read by \`fetch\` alone (never loaded into a tile). */
+  readonly dtype: TensorDType;
   readonly dims: readonly Expr[];
   readonly role: "in" | "out";
 }
@@ -49,6 +50,9 @@ export type Expr =
   | { readonly op: "row" } // row index of the element a `map` writes
   | { readonly op: "col" } // column index of the element a `map` writes
   | { readonly op: "read"; readonly buf: string; readonly index: readonly Expr[] } // tile element (as f32)
+  /** Element \`index\` of a 1-D i32 table (an input tensor), an i32; the index is program-uniform
+   * (params, program ids, loop variables, other fetches), so the whole program reads one value. */
+  | { readonly op: "fetch"; readonly tensor: string; readonly index: Expr }
   | { readonly op: "unary"; readonly fn: UnaryFn; readonly a: Expr }
   | { readonly op: "binary"; readonly fn: BinaryFn; readonly a: Expr; readonly b: Expr }
   | { readonly op: "pow"; readonly a: Expr; readonly n: number } // integer power, n >= 0 constant

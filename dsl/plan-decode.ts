@@ -32,7 +32,7 @@ function checkDecodeProblem(p: DecodeProblem): void {
 }
 
 /** The state buffers of a decoding layer: names, shapes, dtypes (what the caller keeps between calls). */
-export function decodeStateBuffers(p: DecodeProblem): PlanBuffer[] {
+export function decodeStateBuffers(p: DecodeProblem): (PlanBuffer & { readonly dtype: "f32" })[] {
   const D = stateFeatures(decodeSpec(p));
   const { b, h, d, e, chunk: c } = p;
   return [

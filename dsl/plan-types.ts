@@ -2,16 +2,19 @@
 // order. The CPU executor (`execute-cpu.ts`) runs it through the interpreter; the GPU runtime runs
 // the same plan with the generated kernels. Composition therefore lives in one place.
 
-import type { DType } from "./dtype.ts";
+import type { TensorDType } from "./dtype.ts";
 import type { Kernel } from "./ir.ts";
 import { scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "./spec.ts";
 
 export interface PlanBuffer {
   readonly name: string;
-  readonly dtype: DType;
+  readonly dtype: TensorDType;
   readonly shape: readonly number[];
-  /** input: supplied by the caller; nan: poisoned (every element must be written); zeros: starts at 0. */
-  readonly init: "input" | "nan" | "zeros";
+  /** input: supplied by the caller; nan: poisoned (every element must be written); zeros: starts at
+   * 0; table: an i32 table the plan computed on the host (`values`), e.g. where packed sequences sit. */
+  readonly init: "input" | "nan" | "zeros" | "table";
+  /** The elements of a table (init "table"), as many as the shape holds. */
+  readonly values?: readonly number[];
 }
 
 export interface PlanStep {

@@ -9,7 +9,7 @@ import { discountedCumsum } from "./kernels/discounted-cumsum.ts";
 import { queryState } from "./kernels/query-state.ts";
 import { updateState } from "./kernels/update-state.ts";
 import { withoutUnusedBuffers, type Plan, type PlanBuffer, type PlanStep } from "./plan-types.ts";
-import { checkSpec, specKey, stateFeatures, type KernelDef, type Schedule, type Spec } from "./spec.ts";
+import { checkSpec, specKey, stateFeatures, tableSchedule, type KernelDef, type Schedule, type Spec } from "./spec.ts";
 
 /** One retention call's sizes and options. */
 export interface Problem {
@@ -37,7 +37,7 @@ export type ScheduleTable = Readonly<Record<string, Schedule>>;
 
 /** The schedule a plan step of kernel `k` at `spec` takes from `sched`. */
 export function scheduleOf(sched: ScheduleTable, k: KernelDef, spec: Spec): Schedule {
-  return sched[`${k.name}/${specKey(spec)}`] ?? sched[k.name] ?? k.schedule(spec);
+  return tableSchedule((key) => sched[key], k, spec);
 }
 
 export function problemSpec(p: Problem): Spec {

@@ -23,6 +23,8 @@ export function printExpr(e: Expr): string {
       return "col";
     case "read":
       return `${e.buf}[${e.index.map(printExpr).join(", ")}]`;
+    case "fetch":
+      return `${e.tensor}@[${printExpr(e.index)}]`;
     case "unary":
       return e.fn === "neg" ? `-(${printExpr(e.a)})` : e.fn === "not" ? `!(${printExpr(e.a)})` : `${e.fn}(${printExpr(e.a)})`;
     case "binary":

@@ -40,6 +40,17 @@ export interface KernelDef {
    * runtime param): the kernel compiled for any chunk of its (deg, d, e, dtype) serves every chunk,
    * so a plan made of such kernels (the quadratic path) runs at any t on whatever chunk is built. */
   readonly chunkFree?: boolean;
+  /** The kernel whose tuned schedule this one takes where a table has none of its own: a variant
+   * with the same tiles and loop (the varlen scans take their dense kernels'). */
+  readonly twin?: string;
+}
+
+/** The schedule `table` gives kernel `k` at `spec` (by "<kernel>/<specKey>", then by kernel name),
+ * its twin's when it has none, else the kernel's default. */
+export function tableSchedule(table: (key: string) => Schedule | undefined, k: KernelDef, spec: Spec): Schedule {
+  const key = specKey(spec);
+  const of = (name: string): Schedule | undefined => table(`${name}/${key}`) ?? table(name);
+  return of(k.name) ?? (k.twin !== undefined ? of(k.twin) : undefined) ?? k.schedule(spec);
 }
 
 export function specKey(s: Spec): string {

@@ -33,6 +33,9 @@ export function validateKernel(k: Kernel): string[] {
   };
   for (const t of k.tensors) t.dims.forEach((d, i) => intExpr(d, top, `dim ${i} of tensor ${t.name}`));
   k.grid.forEach((g, i) => intExpr(g, top, `grid axis ${i}`));
+  // dims and the grid are evaluated on the host, before any table is read
+  for (const t of k.tensors) if (t.dims.some(fetches)) where(`dims of tensor ${t.name} read a table (fetch): they are host values`);
+  if (k.grid.some(fetches)) where(`the grid reads a table (fetch): it is a host value`);
 
   const tile = (name: string, what: string): BufferDecl | null => {
     const b = buffers.get(name);
@@ -45,6 +48,7 @@ export function validateKernel(k: Kernel): string[] {
   const checkSlices = (stmt: string, tensorName: string, slices: readonly Slice[], t: BufferDecl | null, s: Scope): void => {
     const ten = k.tensors.find((x) => x.name === tensorName);
     if (!ten) return where(`${stmt}: no tensor named '${tensorName}'`);
+    if (ten.dtype === "i32") where(`${stmt} ${tensorName}: an i32 table is read by fetch only`);
     if (slices.length !== ten.dims.length)
       where(`${stmt} ${tensorName}: ${slices.length} indices for a tensor of rank ${ten.dims.length}`);
     const sizes: number[] = [];
@@ -162,42 +166,32 @@ export function validateKernel(k: Kernel): string[] {
   return errs;
 }
 
-/** Whether e reads a tile element (row and col are fine). */
-function readsMemory(e: Expr): boolean {
+
+/** Whether some node of e satisfies `at` (a tile read's indices and an `any`'s predicate are not entered). */
+function someNode(e: Expr, at: (x: Expr) => boolean): boolean {
+  if (at(e)) return true;
   switch (e.op) {
-    case "read":
-      return true;
     case "unary":
     case "cast":
     case "pow":
-      return readsMemory(e.a);
+      return someNode(e.a, at);
     case "binary":
-      return readsMemory(e.a) || readsMemory(e.b);
+      return someNode(e.a, at) || someNode(e.b, at);
     case "select":
-      return readsMemory(e.cond) || readsMemory(e.a) || readsMemory(e.b);
+      return someNode(e.cond, at) || someNode(e.a, at) || someNode(e.b, at);
+    case "fetch":
+      return someNode(e.index, at);
     default:
       return false;
   }
 }
 
-function readsTiles(e: Expr): boolean {
-  switch (e.op) {
-    case "read":
-    case "row":
-    case "col":
-      return true;
-    case "unary":
-    case "cast":
-    case "pow":
-      return readsTiles(e.a);
-    case "binary":
-      return readsTiles(e.a) || readsTiles(e.b);
-    case "select":
-      return readsTiles(e.cond) || readsTiles(e.a) || readsTiles(e.b);
-    default:
-      return false;
-  }
-}
+/** Whether e depends on the element (a tile read, row or col): not program-uniform. */
+const readsTiles = (e: Expr): boolean => someNode(e, (x) => x.op === "read" || x.op === "row" || x.op === "col");
+/** Whether e reads a table element. */
+const fetches = (e: Expr): boolean => someNode(e, (x) => x.op === "fetch");
+/** Whether e reads a tile element (row and col are fine). */
+const readsMemory = (e: Expr): boolean => someNode(e, (x) => x.op === "read");
 
 /** The static type of an expression, reporting misuse; null when an error made it unknown. */
 export function typeOf(e: Expr, s: Scope, err: (m: string) => void): ExprType | null {
@@ -230,6 +224,16 @@ export function typeOf(e: Expr, s: Scope, err: (m: string) => void): ExprType | 
         if (t !== null && t !== "i32") err(`read of ${e.buf}: index must be i32, got ${t}`);
       }
       return "f32";
+    }
+    case "fetch": {
+      const ten = s.kernel.tensors.find((x) => x.name === e.tensor);
+      if (!ten) err(`fetch: no tensor named '${e.tensor}'`);
+      else if (ten.dtype !== "i32" || ten.role !== "in" || ten.dims.length !== 1)
+        err(`fetch from ${e.tensor}: expected a 1-D i32 input table, got ${ten.role} ${ten.dtype} of rank ${ten.dims.length}`);
+      const t = typeOf(e.index, s, err);
+      if (t !== null && t !== "i32") err(`fetch from ${e.tensor}: index must be i32, got ${t}`);
+      if (readsTiles(e.index)) err(`fetch from ${e.tensor}: the index must be program-uniform (no tile reads, row or col)`);
+      return "i32";
     }
     case "unary": {
       const t = typeOf(e.a, s, err);

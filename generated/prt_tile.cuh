@@ -87,6 +87,12 @@ template <typename T> __device__ __forceinline__ void lds_b16x8(const T* p, uint
   w[0] = x.x, w[1] = x.y, w[2] = x.z, w[3] = x.w;
 }
 
+/** Element i of a 1-D i32 table of n elements, 0 out of bounds (as a load's elements): a DSL
+ * `fetch`, the same address in every thread of a program (a broadcast through the read-only cache). */
+__device__ __forceinline__ int fetch_i32(const int* __restrict__ t, long long n, int i) {
+  return (i >= 0 && i < n) ? __ldg(t + i) : 0;
+}
+
 /** A 16-byte-aligned pointer test, for the uniform fast-path checks of async loads. */
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

@@ -5,7 +5,7 @@
 // dsl/dtype.ts's roundF16 / roundBF16 / Math.fround do, so data uploaded here holds the same values
 // the interpreter works with. Decoding is exact (every f16/bf16 value is an f32 value).
 
-import type { DType } from "../dsl/dtype.ts";
+import type { TensorDType } from "../dsl/dtype.ts";
 import { roundHalfEven } from "../dsl/dtype.ts";
 
 const f64 = new Float64Array(1);
@@ -81,14 +81,23 @@ export function bf16Value(bits: number): number {
 }
 
 /** Bytes of one element of `dtype` in device memory. */
-export function elementBytes(dtype: DType): number {
-  return dtype === "f32" ? 4 : 2;
+export function elementBytes(dtype: TensorDType): number {
+  return dtype === "f32" || dtype === "i32" ? 4 : 2;
 }
 
 /** Host storage holding the device representation of `data` in `dtype` (Float32Array or Uint16Array of bits). */
-export function encode(data: ArrayLike<number>, dtype: DType): Float32Array | Uint16Array {
+export function encode(data: ArrayLike<number>, dtype: TensorDType): Float32Array | Uint16Array | Int32Array {
   const n = data.length;
   switch (dtype) {
+    case "i32": {
+      const out = new Int32Array(n);
+      for (let i = 0; i < n; i++) {
+        const v = data[i]!;
+        if (!Number.isInteger(v) || v < -(2 ** 31) || v >= 2 ** 31) throw new Error(`i32 element ${i}: expected a 32-bit integer, received ${v}`);
+        out[i] = v;
+      }
+      return out;
+    }
     case "f32":
       return data instanceof Float32Array ? data : Float32Array.from(data);
     case "f16": {
@@ -105,9 +114,10 @@ export function encode(data: ArrayLike<number>, dtype: DType): Float32Array | Ui
 }
 
 /** Values of device data of `dtype` (raw bytes as a Uint8Array or a typed view) as f32. */
-export function decode(raw: ArrayBufferView, dtype: DType): Float32Array {
+export function decode(raw: ArrayBufferView, dtype: TensorDType): Float32Array {
   const buf = raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength);
   if (dtype === "f32") return new Float32Array(buf);
+  if (dtype === "i32") return Float32Array.from(new Int32Array(buf));
   const bits = new Uint16Array(buf);
   const out = new Float32Array(bits.length);
   if (dtype === "f16") for (let i = 0; i < bits.length; i++) out[i] = F16_VALUES[bits[i]!]!;

@@ -5,10 +5,11 @@
 // runs the plan on the GPU (runtime/execute-gpu.ts) and wraps what comes back in Tensors.
 // Every argument check runs before any GPU work, so bad calls fail the same way without a GPU.
 
-import type { DType } from "../dsl/dtype.ts";
+import type { DType, TensorDType } from "../dsl/dtype.ts";
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodePlan, decodeStateBuffers, type DecodeProblem, type DecodeState } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem, type ScheduleTable } from "../dsl/plan.ts";
+import { checkCuSeqlens, varlenBackwardPlan, varlenForwardPlan, type VarlenProblem } from "../dsl/plan-varlen.ts";
 import { numel } from "../dsl/plan-types.ts";
 import { cudaAvailable, DeviceBuffer } from "./device.ts";
 import { autoChunk } from "./kernels.ts";
@@ -64,6 +65,12 @@ export interface RetentionOptions {
   /** Read logG back to the host first (a sync) and reject values > 0 or NaN, naming the first
    * (validate.ts, checkGateValues). Off by default: the kernels do not check gates. */
   readonly checkGates?: boolean;
+  /** Packed variable-length sequences (README "Variable-length sequences"): Q, K, V, logG hold
+   * ns sequences back to back along t (b = 1), sequence s on rows [cuSeqlens[s], cuSeqlens[s + 1]);
+   * no token attends across a boundary. ns + 1 offsets on the host, from 0 to t, not decreasing
+   * (an empty sequence is allowed). initialState and the returned state then hold one state per
+   * sequence: [ns, h, D, e] and [ns, h, D]. */
+  readonly cuSeqlens?: readonly number[] | Int32Array;
 }
 
 /**
@@ -107,8 +114,9 @@ const DECODER_SIZES = { b: "opts.b", hq: "opts.hq", h: "opts.h", tq: "opts.chunk
 const gpuInputs = (x: Record<string, Tensor | null | undefined>): Record<string, BufferSource> =>
   Object.fromEntries(Object.entries(x).filter((e): e is [string, Tensor] => !!e[1]));
 
-function wrap(buffers: Record<string, DeviceBuffer>, plan: { buffers: readonly { name: string; shape: readonly number[]; dtype: DType }[] }, name: string): Tensor {
+function wrap(buffers: Record<string, DeviceBuffer>, plan: { buffers: readonly { name: string; shape: readonly number[]; dtype: TensorDType }[] }, name: string): Tensor {
   const b = plan.buffers.find((x) => x.name === name)!;
+  if (b.dtype === "i32") throw new Error(`plan output '${name}' is an i32 table, not a tensor of values`);
   return Tensor.fromBuffer(buffers[name]!, b.shape, b.dtype);
 }
 
@@ -119,22 +127,26 @@ function wrap(buffers: Record<string, DeviceBuffer>, plan: { buffers: readonly {
 export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | null, opts: RetentionOptions = {}): RetentionResult {
   const fn = "powerRetention";
   if (typeof opts !== "object" || opts === null) throw new ArgumentError(fn, "opts", `expected an options object, received ${String(opts)}`);
-  checkOptionNames(fn, "opts", opts, ["deg", "scale", "chunk", "initialState", "returnState", "schedules", "syncEachLaunch", "checkGates"], ["returnState", "syncEachLaunch", "checkGates"]);
+  checkOptionNames(fn, "opts", opts, ["deg", "scale", "chunk", "initialState", "returnState", "schedules", "syncEachLaunch", "checkGates", "cuSeqlens"], ["returnState", "syncEachLaunch", "checkGates"]);
   const sizes = checkQKVG(fn, Q, K, V, logG);
   const o = checkRetentionOptions(fn, sizes.d, opts, sizes.e);
-  const init = opts.initialState ? checkState(fn, "opts.initialState", opts.initialState, { ...sizes, deg: o.deg }, (Q as TensorInfo).device) : null;
+  const cu = opts.cuSeqlens === undefined ? null : checkCuSeqlensArg(fn, opts.cuSeqlens, sizes);
+  const states = cu ? cu.length - 1 : sizes.b; // one state per sequence
+  const init = opts.initialState ? checkState(fn, "opts.initialState", opts.initialState, { ...sizes, b: states, deg: o.deg }, (Q as TensorInfo).device) : null;
   if (opts.checkGates && logG) checkGateValues(fn, "logG", logG.download(), [sizes.b, sizes.t, sizes.h]);
   // no chunk given: the algorithm per problem (dsl/algorithm.ts), the quadratic form while it is cheaper
   const device = cudaAvailable();
+  // (packed sequences take the chunked form: its windows are chunks, each sequence starting one)
   const chunk = opts.chunk !== undefined ? o.chunk
-    : autoChunk({ ...sizes, deg: o.deg, initialState: init !== null, finalState: opts.returnState === true }, device.ok ? device.name : null, o.chunk);
-  const problem: Problem = {
+    : autoChunk({ ...sizes, deg: o.deg, initialState: init !== null, finalState: opts.returnState === true || cu !== null }, device.ok ? device.name : null, o.chunk);
+  const dense: Problem = {
     ...sizes, deg: o.deg, chunk, scale: o.scale,
     gated: logG !== null && logG !== undefined,
     initialState: init !== null,
     finalState: opts.returnState === true,
   };
-  const { built: plan, schedules } = withManifestSchedules((s) => forwardPlan(problem, s), (x) => x, opts.schedules);
+  const problem: Problem | VarlenProblem = cu ? { ...dense, cuSeqlens: cu } : dense;
+  const { built: plan, schedules } = withManifestSchedules((s) => (isVarlen(problem) ? varlenForwardPlan(problem, s) : forwardPlan(problem, s)), (x) => x, opts.schedules);
   const out = executeOnGpu(
     plan,
     gpuInputs({ Q, K, V, logG, S0: opts.initialState?.S, Z0: opts.initialState?.Z }),
@@ -202,13 +214,13 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
   if (dState) {
     if (!fwd.finalState)
       throw new ArgumentError(fn, "opts.dState", "expected no state gradient: the forward was called without returnState, so it returned no state");
-    checkState(fn, "opts.dState", dState, fwd, saved.Q.device);
+    checkState(fn, "opts.dState", dState, { ...fwd, b: isVarlen(fwd) ? fwd.cuSeqlens.length - 1 : fwd.b }, saved.Q.device);
   }
   // The backward takes the forward's path: a forward with returnState ran the chunked plan, whose yS
   // is the state's part of y, not the y the quadratic backward reads there; its state gradient is
   // zero when none is given.
   const problem: Problem = fwd;
-  const { built: plan } = withManifestSchedules((s) => backwardPlan(problem, s), (x) => x, saved.schedules);
+  const { built: plan } = withManifestSchedules((s) => (isVarlen(problem) ? varlenBackwardPlan(problem, s) : backwardPlan(problem, s)), (x) => x, saved.schedules);
   const zeroGrad = fwd.finalState && !dState ? zeroStateOf(plan) : null;
   const inputs = gpuInputs({
     Q: saved.Q, K: saved.K, V: saved.V, logG: saved.logG,
@@ -236,6 +248,18 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
     dlogG: problem.gated ? dlogG : null,
   };
   return out.dS0 ? { ...grads, dInitialState: { S: wrap(out, plan, "dS0"), Z: wrap(out, plan, "dZ0") } } : grads;
+}
+
+/** A problem over packed sequences (opts.cuSeqlens). */
+const isVarlen = (p: Problem): p is VarlenProblem => "cuSeqlens" in p;
+
+/** opts.cuSeqlens as offsets, checked against Q's b (1) and t (the last offset). */
+function checkCuSeqlensArg(fn: string, cu: unknown, sizes: { b: number; t: number }): readonly number[] {
+  if (sizes.b !== 1)
+    throw new ArgumentError(fn, "Q", `expected b = 1 with opts.cuSeqlens (the sequences packed along t: [1, total, hq, d]), received b = ${sizes.b}`);
+  return checkCuSeqlens(cu, sizes.t, "opts.cuSeqlens", (arg, detail) => {
+    throw new ArgumentError(fn, arg, detail);
+  });
 }
 
 /** Zero gradients of the final state, shaped as the backward plan's dSfinal and dZfinal. */

@@ -16,12 +16,20 @@ import { roundArray, type DType } from "../dsl/dtype.ts";
 import type { Kernel } from "../dsl/ir.ts";
 import { interpret, tensorDims } from "../dsl/interpret.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
+import { varlenLayout } from "../dsl/plan-varlen.ts";
 import { scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
 import { buildEmulator, evalUniform, runEmulated } from "./codegen-emu/harness.ts";
 import type { Target } from "../codegen/lir.ts";
 
-/** Sizes of the launch: t = 70 spans two chunks of 64 with a ragged tail; hq = 2 h (grouped queries). */
-const PARAMS_ = { b: 1, t: 70, h: 1, hq: 2, n: 2, scale: 0.35, tq: 3, q0: 0, tn: 3, len: 40, len0: 37, nfb: 2, window: 64 };
+/** Sizes of the launch: t = 70 spans two chunks of 64 with a ragged tail; hq = 2 h (grouped queries).
+ * The varlen kernels see the 70 rows as 3 packed sequences of 37, 0 and 33 tokens (TABLES): 2 chunk
+ * slots (nc), rows of w = 80 elements (two column blocks, the second ragged). */
+const PARAMS_ = { b: 1, t: 70, h: 1, hq: 2, n: 2, scale: 0.35, tq: 3, q0: 0, tn: 3, len: 40, len0: 37, nfb: 2, window: 64, ns: 3, nc: 2, rows: 70, w: 80 };
+const TABLES: Readonly<Record<string, readonly number[]>> = (() => {
+  const lay = varlenLayout([0, 37, 37, 70], 64);
+  if (lay.nc !== PARAMS_.nc || lay.ns !== PARAMS_.ns) throw new Error("TABLES: the layout does not match PARAMS");
+  return { chunkSrc: lay.chunkSrc, chunkLen: lay.chunkLen, seqChunk: lay.seqChunk };
+})();
 
 /** Per-kernel params: the quadratic path's kernels (`_y`) have one window over the whole sequence. */
 const paramsFor = (name: string, p: typeof PARAMS_): typeof PARAMS_ => (name.endsWith("_y") ? { ...p, window: 1 << 20 } : { ...p, window: p.window });
@@ -142,7 +150,9 @@ function emulatedAgainstInterpreter(
       const n = dims.get(t.name)!.reduce((a, b) => a * b, 1);
       const gate = /^(logG|Gc)$/.test(t.name);
       inputs[t.name] =
-        t.role === "in"
+        t.dtype === "i32"
+          ? roundArray(TABLES[t.name]!, "i32")
+          : t.role === "in"
           ? roundArray(Array.from({ length: n }, () => (gate ? -rand() : 2 * rand() - 1)), t.dtype)
           : new Float32Array(n).fill(NaN);
     }

@@ -35,7 +35,12 @@ describe("gen", () => {
       const bounds = (k.schedule.minBlocks ?? 1) > 1 ? `${k.threads}, ${k.schedule.minBlocks}` : `${k.threads}`;
       expect(src).toContain(`extern "C" __global__ void __launch_bounds__(${bounds}) ${k.symbol}(`);
       expect(k.args.map((a) => a.kind)).toEqual([...k.args.filter((a) => a.kind === "tensor"), ...k.args.filter((a) => a.kind === "param")].map((a) => a.kind));
-      expect(k.smemBytes).toBeGreaterThan(0);
+      // the launch's dynamic shared memory is what a target's body was planned with (0: registers only, the varlen copies)
+      expect(Number.isInteger(k.smemBytes) && k.smemBytes >= 0, `${k.symbol}: smemBytes ${k.smemBytes}`).toBe(true);
+      const body = src.slice(src.indexOf(`${k.symbol}(`), src.indexOf("\n}\n", src.indexOf(`${k.symbol}(`)));
+      const planned = [...body.matchAll(/\/\/ sm_\w+: (\d+) bytes of dynamic shared memory/g)].map((x) => Number(x[1]));
+      expect(planned.length, `${k.symbol}: its bodies' shared memory comments`).toBeGreaterThan(0);
+      expect(k.smemBytes, k.symbol).toBe(Math.max(...planned));
       expect(m.files.find((f) => f.source === k.source)?.sha256).toBe(k.sourceSha256);
     }
     for (const f of m.files) expect(f.sha256).toMatch(/^[0-9a-f]{64}$/);

@@ -28,6 +28,8 @@ export function substituteVar(e: Expr, name: string, by: Expr): Expr {
       return e.name === name ? by : e;
     case "read":
       return { ...e, index: e.index.map((i) => substituteVar(i, name, by)) };
+    case "fetch":
+      return { ...e, index: substituteVar(e.index, name, by) };
     case "unary":
     case "cast":
     case "pow":

@@ -1,7 +1,7 @@
 // Pieces of kernel code that several retention kernels share. Each is a trace-time helper: it
 // emits DSL statements into the kernel being built, so its math stays in the DSL.
 
-import { f32, range, select, type KernelBuilder, type MapIndex, type TensorRef, type Tile, type Val } from "../builder.ts";
+import { f32, i32, range, select, type KernelBuilder, type MapIndex, type TableRef, type TensorRef, type Tile, type Val } from "../builder.ts";
 import { dtypeBytes, type DType } from "../dtype.ts";
 import type { Kernel } from "../ir.ts";
 import { clearBuiltKernels } from "../plan-types.ts";
@@ -257,4 +257,25 @@ export function dataOperand(k: KernelBuilder, name: string, shape: readonly [num
       s.split();
     },
   };
+}
+
+/** The sizes of a scan over chunks (discounted_cumsum[_bwd]): dense, b sequences of n chunks each;
+ * `varlen`, ns packed sequences whose chunks lie back to back in [1, h, n] (b = 1), sequence s on
+ * chunks [seqChunk[s], seqChunk[s + 1]) (README "Variable-length sequences"). Declares the params
+ * (b, t, h, n; ns and the table when varlen) in that order. */
+export function scanSizes(k: KernelBuilder, varlen: boolean): { b: Val; t: Val; h: Val; n: Val; ns: Val; seqChunk: TableRef | null } {
+  const b = varlen ? i32(1) : k.param("b", "i32");
+  const t = k.param("t", "i32"), h = k.param("h", "i32"), n = k.param("n", "i32");
+  const ns = varlen ? k.param("ns", "i32") : b; // sequences: one state each
+  return { b, t, h, n, ns, seqChunk: varlen ? k.table("seqChunk", ns.add(1)) : null };
+}
+
+/** A scan's launch, (feature block, sequence x head), and what a program walks: its sequence si
+ * (the index of the per-sequence states), kv head hi, the batch index bi of the chunk-indexed
+ * tensors, and its chunks [first, end). */
+export function scanProgram(k: KernelBuilder, z: ReturnType<typeof scanSizes>, featureBlockCount: number): { fb: Val; si: Val; hi: Val; bi: Val; first: Val; end: Val } {
+  k.launch(featureBlockCount, z.ns.mul(z.h));
+  const fb = k.programId(0), si = k.programId(1).idiv(z.h), hi = k.programId(1).mod(z.h);
+  const [first, end] = z.seqChunk ? [z.seqChunk.at(si), z.seqChunk.at(si.add(1))] : [i32(0), z.n];
+  return { fb, si, hi, bi: z.seqChunk ? i32(0) : si, first, end };
 }

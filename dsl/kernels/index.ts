@@ -6,12 +6,13 @@ import { attentionBwdDkv, attentionBwdDkvY, attentionBwdDq, attentionBwdDqY, att
 import { attention, attentionY } from "./attention.ts";
 import { combineGrads, gateGradsY } from "./combine-grads.ts";
 import { cacheAppend, decode, stateCopy } from "./decode.ts";
-import { discountedCumsumBwd } from "./discounted-cumsum-bwd.ts";
-import { discountedCumsum } from "./discounted-cumsum.ts";
+import { discountedCumsumBwd, discountedCumsumBwdVarlen } from "./discounted-cumsum-bwd.ts";
+import { discountedCumsum, discountedCumsumVarlen } from "./discounted-cumsum.ts";
 import { queryStateBwdDq, queryStateBwdDs } from "./query-state-bwd.ts";
 import { queryState } from "./query-state.ts";
 import { updateStateBwd } from "./update-state-bwd.ts";
 import { updateState } from "./update-state.ts";
+import { varlenPack, varlenPackF32, varlenUnpack, varlenUnpackF32 } from "./varlen.ts";
 
 export const KERNELS: readonly KernelDef[] = [
   // forward
@@ -34,6 +35,13 @@ export const KERNELS: readonly KernelDef[] = [
   attentionBwdDqY,
   attentionBwdDkvY,
   gateGradsY,
+  // packed variable-length sequences: the copies to and from the chunk-aligned layout, the scans
+  varlenPack,
+  varlenPackF32,
+  varlenUnpack,
+  varlenUnpackF32,
+  discountedCumsumVarlen,
+  discountedCumsumBwdVarlen,
   // decode
   decode,
   cacheAppend,

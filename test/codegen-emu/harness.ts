@@ -6,15 +6,15 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import type { DType } from "../../dsl/dtype.ts";
+import type { TensorDType } from "../../dsl/dtype.ts";
 import type { Expr } from "../../dsl/ir.ts";
 import type { Generated } from "../../codegen/gen.ts";
 import type { ManifestKernel } from "../../codegen/manifest.ts";
 import type { Target } from "../../codegen/lir.ts";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const DTYPE_CODE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2 };
-const C_TYPE: Record<string, string> = { f32: "float", f16: "__half", bf16: "__nv_bfloat16" };
+const DTYPE_CODE: Record<TensorDType, number> = { f32: 0, f16: 1, bf16: 2, i32: 3 };
+const C_TYPE: Record<string, string> = { f32: "float", f16: "__half", bf16: "__nv_bfloat16", i32: "int" };
 
 /** Evaluate a program-uniform integer expression (grid, dims) for given params. */
 export function evalUniform(e: Expr, params: Readonly<Record<string, number>>): number {
@@ -81,6 +81,11 @@ template <typename T> static void* fill(const std::vector<float>& v) {
   for (size_t i = 0; i < v.size(); ++i) p[i] = prt::from_f32<T>(v[i]);
   return p;
 }
+static void* fill_i32(const std::vector<float>& v) {  // a table: integer values sent as f32
+  int* p = static_cast<int*>(std::aligned_alloc(256, (v.size() * 4 + 255) / 256 * 256 + 256));
+  for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<int>(v[i]);
+  return p;
+}
 template <typename T> static void dump(std::ofstream& o, void* p, size_t n) {
   for (size_t i = 0; i < n; ++i) { const float f = prt::to_f32(static_cast<T*>(p)[i]); o.write(reinterpret_cast<const char*>(&f), 4); }
 }
@@ -97,7 +102,7 @@ int main(int argc, char** argv) {
     counts[t] = static_cast<size_t>(n);
     std::vector<float> v(counts[t]);
     in.read(reinterpret_cast<char*>(v.data()), 4 * v.size());
-    g_tensors[t] = codes[t] == 0 ? fill<float>(v) : codes[t] == 1 ? fill<__half>(v) : fill<__nv_bfloat16>(v);
+    g_tensors[t] = codes[t] == 0 ? fill<float>(v) : codes[t] == 1 ? fill<__half>(v) : codes[t] == 2 ? fill<__nv_bfloat16>(v) : fill_i32(v);
   }
   const int np = i32();
   in.read(reinterpret_cast<char*>(g_params), 8 * np);
@@ -114,7 +119,8 @@ int main(int argc, char** argv) {
   for (int t = 0; t < nt; ++t)
     if (codes[t] == 0) dump<float>(out, g_tensors[t], counts[t]);
     else if (codes[t] == 1) dump<__half>(out, g_tensors[t], counts[t]);
-    else dump<__nv_bfloat16>(out, g_tensors[t], counts[t]);
+    else if (codes[t] == 2) dump<__nv_bfloat16>(out, g_tensors[t], counts[t]);
+    else for (size_t i = 0; i < counts[t]; ++i) { const float f = static_cast<float>(static_cast<int*>(g_tensors[t])[i]); out.write(reinterpret_cast<const char*>(&f), 4); }
   return 0;
 }
 `;
@@ -148,7 +154,7 @@ export function runEmulated(
   i32(ts.length);
   for (const a of ts) {
     const data = tensors[a.name]!;
-    i32(DTYPE_CODE[a.dtype as DType]);
+    i32(DTYPE_CODE[a.dtype as TensorDType]);
     parts.push(Buffer.from(new BigInt64Array([BigInt(data.length)]).buffer));
     parts.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
   }

@@ -395,6 +395,8 @@ inline float2 lds_f32x2(const float* p) {
   if (reinterpret_cast<uintptr_t>(p) % 8) { std::fprintf(stderr, "emu: lds_f32x2 address not 8-byte aligned\n"); std::exit(3); }
   return {p[0], p[1]};
 }
+/** A DSL fetch: element i of a 1-D i32 table of n elements, 0 out of bounds. */
+inline int fetch_i32(const int* t, long long n, int i) { return (i >= 0 && i < n) ? t[i] : 0; }
 /** Eight 16-bit elements in one 16-byte load: the address must be 16-byte aligned, as on the GPU. */
 template <typename T> inline void lds_b16x8(const T* p, uint32_t (&w)[4]) {
   if (reinterpret_cast<uintptr_t>(p) % 16) { std::fprintf(stderr, "emu: lds_b16x8 address not 16-byte aligned\n"); std::exit(3); }

@@ -154,6 +154,22 @@ describe("interpreter ops", () => {
     }
   });
 
+  it("fetch reads a table element (0 out of bounds) for loop bounds, slices and masks", () => {
+    // rows [T[2p], T[2p + 1]) of X, as many as T[2p + 1] - T[2p], copied to row block p of Y
+    const kern = traceKernel("fetch_test", 1, "", (k) => {
+      const T = k.table("T", 6), X = k.tensor("X", "f32", [10], "in"), Y = k.tensor("Y", "f32", [12], "out");
+      k.launch(3);
+      const p = k.programId(0), lo = T.at(p.mul(2)), hi = T.at(p.mul(2).add(1));
+      const x = k.reg("x", [4], "f32");
+      k.load(x, X, [range(lo, 4)]);
+      k.map(x, ({ row }) => select(row.lt(hi.sub(lo)), x.at(row), -1));
+      k.store(Y, [range(p.mul(4), 4)], x, { where: ({ row }) => row.lt(T.at(7).add(4)) }); // T[7] is out of bounds: 0
+    });
+    const X = Float32Array.from({ length: 10 }, (_, i) => i + 1), Y = new Float32Array(12).fill(NaN);
+    interpret(kern, { tensors: { T: Float32Array.from([0, 2, 5, 9, 9, 9]), X, Y }, params: {} });
+    expect(Array.from(Y)).toEqual([1, 2, -1, -1, 6, 7, 8, 9, -1, -1, -1, -1]);
+  });
+
   it("tiles start as NaN: reading an unwritten element poisons the output", () => {
     const kern = traceKernel("nan_test", 1, "", (k) => {
       const Y = k.tensor("Y", "f32", [2], "out");

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { i32, range, select, traceKernel } from "../../dsl/builder.ts";
+import { i32, range, select, TableRef, traceKernel } from "../../dsl/builder.ts";
 import { printKernel } from "../../dsl/print.ts";
 import { validateKernel } from "../../dsl/validate.ts";
 
@@ -61,5 +61,35 @@ describe("validator", () => {
     const errs = validateKernel(bad).join("\n");
     expect(errs.match(/any: only as the whole condition of an if/g)?.length).toBe(2);
     expect(errs).toMatch(/if any: the predicate must be bool, got f32/);
+  });
+  it("reads an i32 table only by a program-uniform fetch, never in dims or the grid", () => {
+    const ok = traceKernel("table_ok", 1, "", (k) => {
+      const n = k.param("n", "i32");
+      const T = k.table("T", n), X = k.tensor("X", "f32", [64], "in"), Y = k.tensor("Y", "f32", [64], "out");
+      const x = k.reg("x", [8], "f32");
+      k.for(T.at(k.programId(0)), T.at(k.programId(0).add(1)), (m) => {
+        k.load(x, X, [range(T.at(m).mul(8), 8)]);
+        k.store(Y, [range(m.mul(8), 8)], x, { where: ({ row }) => row.lt(T.at(m)) });
+      });
+    });
+    expect(validateKernel(ok)).toEqual([]);
+    expect(printKernel(ok)).toContain("for i0 in T@[pid.x]..T@[(pid.x + 1)]");
+    const bad = traceKernel("table_bad", 1, "", (k) => {
+      const T = k.table("T", 4), F = k.tensor("F", "f32", [4], "in");
+      const Y = k.tensor("Y", "f32", [T.at(0)], "out"); // a dim read from a table
+      k.launch(T.at(1)); // so is the grid
+      const x = k.reg("x", [4], "f32");
+      k.load(x, F, [range(0, 4)]);
+      k.map(x, ({ row }) => T.at(row).toF32()); // not program-uniform
+      k.load(x, T as never, [range(0, 4)]); // a table loaded into a tile
+      k.map(x, () => new TableRef("F").at(0).toF32()); // not a table
+      k.store(Y, [range(0, 4)], x);
+    });
+    const errs = validateKernel(bad).join("\n");
+    expect(errs).toMatch(/dims of tensor Y read a table/);
+    expect(errs).toMatch(/the grid reads a table/);
+    expect(errs).toMatch(/fetch from T: the index must be program-uniform/);
+    expect(errs).toMatch(/load T: an i32 table is read by fetch only/);
+    expect(errs).toMatch(/fetch from F: expected a 1-D i32 input table, got in f32 of rank 1/);
   });
 });
