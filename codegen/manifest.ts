@@ -57,17 +57,22 @@ export interface ManifestFile {
  */
 export type PlanExpr = number | string | readonly [PlanOp, PlanExpr, PlanExpr];
 export type PlanOp = "+" | "-" | "*" | "//" | "%" | "max" | "min";
-export type PlanKind = "forward" | "backward" | "decode";
+export type PlanKind = "forward" | "backward" | "decode" | "forward_varlen" | "backward_varlen";
 
 /**
  * The variables a plan's expressions read. forward/backward: the caller's b, t, hq, h and scale,
  * and n = ceil(t / chunk), the chunk count. decode: b, hq, h, scale, tn (tokens of the call), and
  * per segment q0 (its first token), seg (its tokens), len0 (cache rows before it).
+ * forward_varlen/backward_varlen (packed sequences, b = 1; dsl/plan-varlen.ts): t the packed
+ * length, ns the sequences, nc the chunk slots of the aligned layout (varlenLayout), hq, h, scale;
+ * their i32 inputs chunkSrc, chunkLen, seqChunk are the caller's, from the offsets (varlenTables).
  */
 export const PLAN_VARS: Readonly<Record<PlanKind, readonly string[]>> = {
   forward: ["b", "t", "hq", "h", "n", "scale"],
   backward: ["b", "t", "hq", "h", "n", "scale"],
   decode: ["b", "hq", "h", "tn", "q0", "seg", "len0", "scale"],
+  forward_varlen: ["t", "hq", "h", "ns", "nc", "scale"],
+  backward_varlen: ["t", "hq", "h", "ns", "nc", "scale"],
 };
 
 /**
@@ -78,6 +83,8 @@ export const PLAN_FLAGS: Readonly<Record<PlanKind, readonly string[]>> = {
   forward: ["gated", "initialState", "finalState", "oneChunk"],
   backward: ["gated", "initialState", "finalState", "oneChunk"],
   decode: ["gated"],
+  forward_varlen: ["gated", "initialState", "finalState"],
+  backward_varlen: ["gated", "initialState", "finalState"],
 };
 
 export type BufferInit = "input" | "nan" | "zeros";

@@ -15,6 +15,7 @@ import { tensorDims } from "../dsl/interpret.ts";
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodeBuffers, decodeFold, decodeSegments, decodeSegmentSteps, type DecodeProblem } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem, type ScheduleTable } from "../dsl/plan.ts";
+import { varlenBackwardPlan, varlenForwardPlan, varlenLayout } from "../dsl/plan-varlen.ts";
 import { numel, stepKernel, type Plan, type PlanBuffer, type PlanStep } from "../dsl/plan-types.ts";
 import { scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
@@ -97,7 +98,8 @@ function substitute(e: Expr, params: Readonly<Record<string, PlanExpr>>, where: 
 
 /**
  * The expression over `names` that gives values[i] under probes[i] for every probe: a constant, a
- * variable, or a sum or product of two variables, whichever single one fits. Throws when none or
+ * variable, a sum or product of two variables, or a variable times or plus a constant, whichever
+ * single one fits. Throws when none or
  * several fit (a plan grew an expression this vocabulary lacks, or the probes are too alike).
  */
 function recognize(values: readonly number[], probes: readonly Readonly<Record<string, number>>[], names: readonly string[], where: string): PlanExpr {
@@ -107,14 +109,20 @@ function recognize(values: readonly number[], probes: readonly Readonly<Record<s
   const products: PlanExpr[] = [], sums: PlanExpr[] = [];
   for (let i = 0; i < names.length; i++)
     for (let j = i; j < names.length; j++) products.push(["*", names[i]!, names[j]!]), sums.push(["+", names[i]!, names[j]!]);
+  // last, a variable times or plus a constant (the varlen plans' aligned rows nc * chunk, row widths
+  // hq * d, the ns + 1 offsets of seqChunk)
+  const scaled: PlanExpr[] = names.flatMap((n) => {
+    const k = values[0]! / probes[0]![n]!, a = values[0]! - probes[0]![n]!;
+    return [...(Number.isInteger(k) && k > 1 ? [["*", n, k] as PlanExpr] : []), ...(Number.isInteger(a) && a !== 0 ? [["+", n, a] as PlanExpr] : [])];
+  });
   let fits: PlanExpr[] = [];
-  for (const level of [[...names], products, sums]) {
+  for (const level of [[...names], products, sums, scaled]) {
     fits = level.filter((c) => probes.every((p, i) => evalPlanExpr(c, p) === values[i]));
     if (fits.length === 1) return fits[0]!;
     if (fits.length > 1) break;
   }
   throw new Error(
-    `${where}: takes the values ${values.join(", ")} at the probe sizes; ${fits.length ? `ambiguous (${fits.map((f) => JSON.stringify(f)).join(", ")})` : "no constant, variable, or sum or product of two variables fits"}`,
+    `${where}: takes the values ${values.join(", ")} at the probe sizes; ${fits.length ? `ambiguous (${fits.map((f) => JSON.stringify(f)).join(", ")})` : "no constant, variable, sum or product of two variables, or variable times or plus a constant fits"}`,
   );
 }
 
@@ -139,6 +147,20 @@ function probes(kind: PlanKind, chunk: number, oneChunk: boolean): Record<string
   const ts = oneChunk ? [chunk - 1, chunk / 2 + 1, 6] : [chunk * 6 + 5, chunk * 10 + 1, chunk * 12];
   return base.map((b, i) => ({ ...b, t: ts[i]!, n: Math.ceil(ts[i]! / chunk) }));
 }
+
+/** The varlen kinds' probes: three packings (lengths in chunks c: boundaries on and off chunk edges,
+ * an empty sequence) with their variables t, ns, nc (and hq, h, scale as the dense probes vary them). */
+function varlenProbes(chunk: number): { lengths: number[]; vars: Record<string, number> }[] {
+  const c = chunk;
+  const packs = [[5, c + 3, 4 * c], [1, 0, 2 * c, c - 1, 3 * c + 2, 7], [7 * c, 2 * c + 5]];
+  const base = [{ h: 3, hq: 15, scale: 0.3 }, { h: 2, hq: 4, scale: 0.7 }, { h: 4, hq: 8, scale: 1.9 }];
+  return packs.map((lengths, i) => {
+    const lay = varlenLayout(offsetsOf(lengths), c);
+    return { lengths, vars: { ...base[i]!, t: lengths.reduce((x, y) => x + y, 0), ns: lay.ns, nc: lay.nc } };
+  });
+}
+
+const offsetsOf = (lengths: readonly number[]): number[] => lengths.reduce((cu, l) => [...cu, cu[cu.length - 1]! + l], [0]);
 
 function problemOf(spec: Spec, v: Readonly<Record<string, number>>, flags: Readonly<Record<string, number>>): Problem {
   return {
@@ -212,7 +234,11 @@ export function planSchedules(spec: Spec, scheduleFor: (k: KernelDef, spec: Spec
   const p: Problem = problemOf(spec, probes("forward", spec.chunk, false)[0]!, { gated: 1, initialState: 1, finalState: 1 });
   // and the one-window form (t <= chunk, no state: the quadratic path's chunk-free kernels)
   const q: Problem = problemOf(spec, probes("forward", spec.chunk, true)[0]!, { gated: 1, initialState: 0, finalState: 0 });
+  // and a packed call (the varlen plans: the copies and the varlen scans)
+  const pack = varlenProbes(spec.chunk)[0]!;
+  const packed = { ...problemOf(spec, { ...pack.vars, b: 1 }, { gated: 1, initialState: 1, finalState: 1 }), cuSeqlens: offsetsOf(pack.lengths) };
   const steps = [...forwardPlan(p).steps, ...backwardPlan(p).steps, ...forwardPlan(q).steps, ...backwardPlan(q).steps,
+    ...varlenForwardPlan(packed).steps, ...varlenBackwardPlan(packed).steps,
     ...decodeSegmentSteps(p, 3, 0, 3, 0), ...decodeFold(p).steps];
   const table: Record<string, Schedule> = {};
   for (const s of steps) {
@@ -272,6 +298,16 @@ export function planData(spec: Spec, sched: ScheduleTable = {}, home: (s: PlanSt
     });
     out.push({ kind, spec: specKey(spec), vars: names, flags: PLAN_FLAGS[kind], variants: mergeVariants(variants) });
   }
+  for (const kind of ["forward_varlen", "backward_varlen"] as const) {
+    const names = PLAN_VARS[kind], probed = varlenProbes(spec.chunk), ps = probed.map((x) => x.vars);
+    const build = kind === "forward_varlen" ? varlenForwardPlan : varlenBackwardPlan;
+    const variants = flagCombos(PLAN_FLAGS[kind]).map((when) => {
+      const plans = probed.map(({ lengths, vars }) => homed(build({ ...problemOf(spec, { ...vars, b: 1 }, when), cuSeqlens: offsetsOf(lengths) }, sched)));
+      const tr = { buffers: plans.map((p) => [...p.buffers]), steps: plans.map((p) => [...p.steps]), outputs: plans[0]!.outputs };
+      return { when, ...dataOf(`${kind} ${JSON.stringify(when)}`, tr, ps, names) };
+    });
+    out.push({ kind, spec: specKey(spec), vars: names, flags: PLAN_FLAGS[kind], variants: mergeVariants(variants) });
+  }
   const names = PLAN_VARS.decode;
   const variants = flagCombos(PLAN_FLAGS.decode).map((when) => {
     const ps = probes("decode", spec.chunk, false);
@@ -294,7 +330,8 @@ export function planData(spec: Spec, sched: ScheduleTable = {}, home: (s: PlanSt
 // ---- instantiation --------------------------------------------------------------------------------
 
 /** A problem as plan variables and flags: forward/backward need b t hq h scale (n derived) and the
- * flags gated initialState finalState; decode needs b hq h scale, tn and len0 (cache rows in use). */
+ * flags gated initialState finalState; the varlen kinds t hq h ns nc scale and the same flags;
+ * decode needs b hq h scale, tn and len0 (cache rows in use). */
 export interface PlanSizes {
   readonly vars: Readonly<Record<string, number>>;
   readonly flags: Readonly<Record<string, number>>;
@@ -330,7 +367,7 @@ export function initOf(init: PlanDataBuffer["init"], flags: Readonly<Record<stri
 export function instantiatePlan(plan: ManifestPlan, chunk: number, sizes: PlanSizes): ConcretePlan {
   const vars: Record<string, number> = { ...sizes.vars };
   const flags: Record<string, number> = { ...sizes.flags };
-  if (plan.kind !== "decode") {
+  if (plan.kind === "forward" || plan.kind === "backward") {
     vars.n = Math.ceil(vars.t! / chunk);
     flags.oneChunk = vars.n === 1 ? 1 : 0;
   }

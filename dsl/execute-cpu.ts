@@ -1,25 +1,15 @@
 // Run a plan on the CPU through the interpreter: the executable definition the generated CUDA is
 // compared with. Poisoned buffers start as NaN, so a kernel that forgets an element is caught.
 
-import { roundArray, tableArray } from "./dtype.ts";
+import { roundArray } from "./dtype.ts";
 import { interpret } from "./interpret.ts";
-import { numel, stepKernel, type Plan, type PlanBuffer } from "./plan-types.ts";
+import { numel, stepKernel, type Plan } from "./plan-types.ts";
 
 /** An input given for a buffer the plan fills itself (logG of an ungated plan: zeros) would be
  * ignored; the error says so (shared with the GPU executor). */
-export function notReadError(name: string, init: "nan" | "zeros" | "table"): string {
-  const start = init === "zeros" ? "zeros" : init === "table" ? "a table the plan computed" : "NaN, an output";
-  return `plan input '${name}': given, but the plan does not read it (it starts as ${start}${name === "logG" ? ": the problem is not gated" : ""}); leave it out`;
+export function notReadError(name: string, init: "nan" | "zeros"): string {
+  return `plan input '${name}': given, but the plan does not read it (it starts as ${init === "zeros" ? "zeros" : "NaN, an output"}${name === "logG" ? ": the problem is not gated" : ""}); leave it out`;
 }
-
-/** A table buffer's elements (checked against its shape). */
-export function tableValues(b: PlanBuffer): readonly number[] {
-  if (b.dtype !== "i32" || !b.values || b.values.length !== numel(b.shape))
-    throw new Error(`plan buffer '${b.name}': a table needs dtype i32 and ${numel(b.shape)} values, has ${b.dtype} and ${b.values?.length ?? "no"} values`);
-  return b.values;
-}
-
-const tableOf = (b: PlanBuffer): Float32Array => tableArray(tableValues(b));
 
 /** Inputs are rounded to their buffer's dtype on the way in (the caller may pass float64 data). */
 export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLike<number>>>): Record<string, Float32Array> {
@@ -33,7 +23,7 @@ export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLi
       mem.set(b.name, roundArray(x, b.dtype));
     } else {
       if (inputs[b.name]) throw new Error(notReadError(b.name, b.init));
-      mem.set(b.name, b.init === "table" ? tableOf(b) : new Float32Array(n).fill(b.init === "nan" ? NaN : 0));
+      mem.set(b.name, new Float32Array(n).fill(b.init === "nan" ? NaN : 0));
     }
   }
   for (const s of plan.steps) {

@@ -10,11 +10,9 @@ export interface PlanBuffer {
   readonly name: string;
   readonly dtype: TensorDType;
   readonly shape: readonly number[];
-  /** input: supplied by the caller; nan: poisoned (every element must be written); zeros: starts at
-   * 0; table: an i32 table the plan computed on the host (`values`), e.g. where packed sequences sit. */
-  readonly init: "input" | "nan" | "zeros" | "table";
-  /** The elements of a table (init "table"), as many as the shape holds. */
-  readonly values?: readonly number[];
+  /** input: supplied by the caller (an i32 table too: where packed sequences sit); nan: poisoned
+   * (every element must be written); zeros: starts at 0. */
+  readonly init: "input" | "nan" | "zeros";
 }
 
 export interface PlanStep {

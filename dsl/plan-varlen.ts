@@ -67,6 +67,13 @@ export function varlenLayout(cu: readonly number[], chunk: number): VarlenLayout
   return { ns: cu.length - 1, nc: chunkSrc.length, chunkSrc, chunkLen, seqChunk };
 }
 
+/** The tables a varlen plan reads (its i32 inputs chunkSrc, chunkLen, seqChunk), from the offsets:
+ * every runtime computes them with this function (or, in Python, its copy held equal by a test). */
+export function varlenTables(p: VarlenProblem): { chunkSrc: readonly number[]; chunkLen: readonly number[]; seqChunk: readonly number[] } {
+  const { chunkSrc, chunkLen, seqChunk } = checkVarlen(p);
+  return { chunkSrc, chunkLen, seqChunk };
+}
+
 function checkVarlen(p: VarlenProblem): VarlenLayout {
   checkProblem(p);
   if (p.b !== 1) throw new Error(`b: expected 1 with cuSeqlens (the sequences are packed along t), received ${p.b}`);
@@ -82,7 +89,8 @@ const alignedProblem = (p: VarlenProblem, lay: VarlenLayout): Problem => ({
 
 /** A dense plan rewritten for the aligned layout: the buffers named in `aligned` become their
  * aligned copies (name + "p", shaped like the dense plan's), the per-sequence state buffers take
- * ns rows, the scan steps become their varlen kernels, and tables join the buffers. */
+ * ns rows, the scan steps become their varlen kernels, and the tables (inputs: `varlenTables`)
+ * join the buffers. */
 function rewrite(dense: Plan, p: VarlenProblem, lay: VarlenLayout, aligned: readonly string[], perSequence: Readonly<Record<string, PlanBuffer["init"]>>, sched: ScheduleTable): { buffers: PlanBuffer[]; steps: PlanStep[] } {
   const rename = (n: string): string => (aligned.includes(n) ? `${n}p` : n);
   const ns = lay.ns, D = stateFeatures(problemSpec(p));
@@ -94,8 +102,8 @@ function rewrite(dense: Plan, p: VarlenProblem, lay: VarlenLayout, aligned: read
     } else if (aligned.includes(b.name)) buffers.push({ ...b, name: rename(b.name), init: b.init === "zeros" ? "zeros" : "nan" }); // a pack or a kernel fills it
     else buffers.push(b);
   }
-  const table = (name: string, values: readonly number[]): PlanBuffer => ({ name, dtype: "i32", shape: [values.length], init: "table", values });
-  buffers.push(table("chunkSrc", lay.chunkSrc), table("chunkLen", lay.chunkLen), table("seqChunk", lay.seqChunk));
+  const table = (name: string, n: number): PlanBuffer => ({ name, dtype: "i32", shape: [n], init: "input" });
+  buffers.push(table("chunkSrc", lay.nc), table("chunkLen", lay.nc), table("seqChunk", ns + 1));
   const scans = new Map<string, KernelDef>([[discountedCumsum.name, discountedCumsumVarlen], [discountedCumsumBwd.name, discountedCumsumBwdVarlen]]);
   const steps = dense.steps.map((s): PlanStep => {
     const bind = Object.fromEntries(Object.entries(s.bind).map(([k, v]) => [k, rename(v)]));
@@ -127,8 +135,8 @@ function packedBuffer(b: PlanBuffer, p: VarlenProblem): PlanBuffer {
 }
 
 /**
- * Forward over packed sequences. Inputs: Q, K, V [1, t, ...], logG when gated, S0 [ns, h, D, e] and
- * Z0 [ns, h, D] when `initialState`. Outputs: Y [1, t, hq, e]; what the backward reads, in the
+ * Forward over packed sequences. Inputs: the tables (varlenTables), Q, K, V [1, t, ...], logG when
+ * gated, S0 [ns, h, D, e] and Z0 [ns, h, D] when `initialState`. Outputs: Y [1, t, hq, e]; what the backward reads, in the
  * aligned layout (lse, yS, wS, Sin, Zin); Sfinal, Zfinal [ns, ...] when `finalState`.
  */
 export function varlenForwardPlan(p: VarlenProblem, sched: ScheduleTable = {}): Plan {
@@ -147,7 +155,7 @@ export function varlenForwardPlan(p: VarlenProblem, sched: ScheduleTable = {}): 
 }
 
 /**
- * Backward over packed sequences. Inputs: the forward's (Q, K, V, logG, S0, Z0 as there) and its
+ * Backward over packed sequences. Inputs: the forward's (tables, Q, K, V, logG, S0, Z0 as there) and its
  * aligned lse, yS, wS, Sin, Zin; dY [1, t, hq, e]; dSfinal, dZfinal [ns, ...] when `finalState`.
  * Outputs: dQ, dK, dV, dlogG [1, t, ...]; dS0, dZ0 [ns, ...] when `initialState`.
  */
@@ -167,6 +175,8 @@ export function varlenBackwardPlan(p: VarlenProblem, sched: ScheduleTable = {}):
   return withoutUnusedBuffers(plan);
 }
 
+const TABLES = ["chunkSrc", "chunkLen", "seqChunk"];
+
 export interface VarlenForwardOutputs {
   readonly Y: Float32Array; // [1, t, hq, e], values of the dtype
   readonly Sfinal?: Float32Array; // [ns, h, D, e], when problem.finalState
@@ -175,7 +185,7 @@ export interface VarlenForwardOutputs {
 
 /** Run the packed forward through the interpreter. */
 export function varlenForwardOnCpu(p: VarlenProblem, inputs: ForwardInputs, sched: ScheduleTable = {}): VarlenForwardOutputs {
-  const out = executeOnCpu(varlenForwardPlan(p, sched), planInputs(p, inputs, []));
+  const out = executeOnCpu(varlenForwardPlan(p, sched), planInputs(p, { ...inputs, ...varlenTables(p) }, TABLES));
   return { Y: out.Y!, ...(p.finalState ? { Sfinal: out.Sfinal!, Zfinal: out.Zfinal! } : {}) };
 }
 
@@ -190,7 +200,7 @@ export interface VarlenBackwardOutputs {
 
 /** Run the packed forward, then the packed backward, through the interpreter. */
 export function varlenBackwardOnCpu(p: VarlenProblem, inputs: BackwardInputs, sched: ScheduleTable = {}): VarlenBackwardOutputs {
-  const given = planInputs(p, inputs, ["dY"], [["dSfinal", "finalState"], ["dZfinal", "finalState"]]);
+  const given = planInputs(p, { ...inputs, ...varlenTables(p) }, ["dY", ...TABLES], [["dSfinal", "finalState"], ["dZfinal", "finalState"]]);
   const fwd = executeOnCpu(varlenForwardPlan(p, sched), given);
   const { Y: _y, Sfinal: _s, Zfinal: _z, ...saved } = fwd;
   const out = executeOnCpu(varlenBackwardPlan(p, sched), { ...given, ...saved });

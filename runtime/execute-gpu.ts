@@ -11,8 +11,7 @@ import { tensorDims } from "../dsl/interpret.ts";
 import { printExpr } from "../dsl/print.ts";
 import type { Kernel } from "../dsl/ir.ts";
 import { numel, stepKernel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
-import { notReadError, tableValues } from "../dsl/execute-cpu.ts";
-import { encode } from "./convert.ts";
+import { notReadError } from "../dsl/execute-cpu.ts";
 export { stepKernel } from "../dsl/plan-types.ts";
 import { scheduleKey, specKey, type Schedule } from "../dsl/spec.ts";
 import { DeviceBuffer } from "./device.ts";
@@ -201,11 +200,11 @@ export function executeOnGpu(
         mem.set(b.name, bufferOf(inputs[b.name]!));
         continue;
       }
-      const buf = b.init === "table" ? DeviceBuffer.from(encode(tableValues(b), "i32")) : DeviceBuffer.alloc(numel(b.shape) * dtypeBytes(b.dtype));
+      const buf = DeviceBuffer.alloc(numel(b.shape) * dtypeBytes(b.dtype));
       owned.push([b.name, buf]);
       mem.set(b.name, buf);
       if (b.init === "nan") buf.poison();
-      else if (b.init === "zeros") buf.zero();
+      else buf.zero();
     }
     prepared.forEach((p, i) => {
       launchKernel(fns[i]!, p.entry, p.kernel, p.grid, p.step.params, (t) => mem.get(p.step.bind[t]!)!.ptr, p.what);

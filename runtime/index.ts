@@ -9,12 +9,13 @@ import type { DType, TensorDType } from "../dsl/dtype.ts";
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodePlan, decodeStateBuffers, type DecodeProblem, type DecodeState } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem, type ScheduleTable } from "../dsl/plan.ts";
-import { checkCuSeqlens, varlenBackwardPlan, varlenForwardPlan, type VarlenProblem } from "../dsl/plan-varlen.ts";
+import { checkCuSeqlens, varlenBackwardPlan, varlenForwardPlan, varlenTables, type VarlenProblem } from "../dsl/plan-varlen.ts";
 import { numel } from "../dsl/plan-types.ts";
 import { cudaAvailable, DeviceBuffer } from "./device.ts";
 import { autoChunk } from "./kernels.ts";
 import { executeOnGpu, preparePlan, withManifestSchedules, type BufferSource } from "./execute-gpu.ts";
 import { Tensor } from "./tensor.ts";
+import { encode } from "./convert.ts";
 import {
   ArgumentError,
   checkDType,
@@ -147,11 +148,11 @@ export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | n
   };
   const problem: Problem | VarlenProblem = cu ? { ...dense, cuSeqlens: cu } : dense;
   const { built: plan, schedules } = withManifestSchedules((s) => (isVarlen(problem) ? varlenForwardPlan(problem, s) : forwardPlan(problem, s)), (x) => x, opts.schedules);
-  const out = executeOnGpu(
+  const out = withTables(problem, (tables) => executeOnGpu(
     plan,
-    gpuInputs({ Q, K, V, logG, S0: opts.initialState?.S, Z0: opts.initialState?.Z }),
+    { ...gpuInputs({ Q, K, V, logG, S0: opts.initialState?.S, Z0: opts.initialState?.Z }), ...tables },
     { syncEachLaunch: opts.syncEachLaunch, caller: fn, argOf: CALL_SIZES, inputArg: { S0: "opts.initialState.S", Z0: "opts.initialState.Z" } },
-  );
+  ));
   const Y = wrap(out, plan, "Y");
   const lse = wrap(out, plan, "lse");
   const yS = wrap(out, plan, "yS");
@@ -228,15 +229,16 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
     Y: saved.Y, lse: saved.lse, yS: saved.yS, wS: saved.wS, Sin: saved.Sin, Zin: saved.Zin, dY,
     dSfinal: dState?.S ?? zeroGrad?.S, dZfinal: dState?.Z ?? zeroGrad?.Z,
   });
+  const tableNames = isVarlen(problem) ? Object.keys(varlenTables(problem)) : [];
   for (const b of plan.buffers)
-    if (b.init === "input" && !inputs[b.name])
+    if (b.init === "input" && !inputs[b.name] && !tableNames.includes(b.name))
       throw new Error(`${fn}: the backward plan reads '${b.name}', which the forward did not keep (a plan mismatch)`);
   let out: ReturnType<typeof executeOnGpu>;
   try {
-    out = executeOnGpu(plan, inputs, { syncEachLaunch: saved.syncEachLaunch, caller: fn,
+    out = withTables(problem, (tables) => executeOnGpu(plan, { ...inputs, ...tables }, { syncEachLaunch: saved.syncEachLaunch, caller: fn,
       argOf: { ...CALL_SIZES, b: "dY", t: "dY", n: "dY", hq: "dY", h: "saved.K" },
       inputArg: { ...Object.fromEntries(Object.keys(inputs).map((k) => [k, `saved.${k}`])), S0: "saved.initialState.S", Z0: "saved.initialState.Z", dY: "dY", dSfinal: "opts.dState.S", dZfinal: "opts.dState.Z" },
-    });
+    }));
   } finally {
     zeroGrad?.S.free();
     zeroGrad?.Z.free();
@@ -252,6 +254,18 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
 
 /** A problem over packed sequences (opts.cuSeqlens). */
 const isVarlen = (p: Problem): p is VarlenProblem => "cuSeqlens" in p;
+
+/** Run `f` with the tables of a varlen problem on the device (varlenTables), freed after; none otherwise. */
+function withTables<T>(p: Problem, f: (tables: Record<string, DeviceBuffer>) => T): T {
+  if (!isVarlen(p)) return f({});
+  const tables: Record<string, DeviceBuffer> = {};
+  try {
+    for (const [name, values] of Object.entries(varlenTables(p))) tables[name] = DeviceBuffer.from(encode(values, "i32"));
+    return f(tables);
+  } finally {
+    for (const t of Object.values(tables)) t.free();
+  }
+}
 
 /** opts.cuSeqlens as offsets, checked against Q's b (1) and t (the last offset). */
 function checkCuSeqlensArg(fn: string, cu: unknown, sizes: { b: number; t: number }): readonly number[] {

@@ -13,6 +13,7 @@ import { homeStep, instantiatePlan, kernelSymbol, planData, planSchedules, type 
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodePlan } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem, type ScheduleTable } from "../dsl/plan.ts";
+import { varlenBackwardPlan, varlenForwardPlan, varlenLayout } from "../dsl/plan-varlen.ts";
 import { stepKernel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
 import { checkSpec, specKey, type Spec } from "../dsl/spec.ts";
 import { evalGrid } from "../runtime/execute-gpu.ts";
@@ -63,7 +64,19 @@ function checkSpecPlans(spec: Spec, plans: readonly ManifestPlan[], sched: Sched
       expect(instantiatePlan(of("backward"), spec.chunk, sizes), `backward ${JSON.stringify(sizes)}`).toEqual(concrete(backwardPlan(p, sched), home));
       checked += 2;
     }
+  // packed sequences: lengths on and off chunk edges, empty and one-token sequences
   const c = spec.chunk;
+  for (const lengths of [[1], [c], [3, 0, c + 1], [c - 1, 1, 2 * c, 0], [5 * c + 3, 7, c]])
+    for (const f of FLAGS) {
+      const cu = lengths.reduce((o, l) => [...o, o[o.length - 1]! + l], [0]);
+      const s = { hq: 4, h: 2, scale: 0.4 };
+      const p = { ...s, b: 1, t: cu[cu.length - 1]!, d: spec.d, e: spec.e, deg: spec.deg, chunk: c, dtype: spec.dtype, gated: !!f.gated, initialState: !!f.initialState, finalState: !!f.finalState, cuSeqlens: cu };
+      const lay = varlenLayout(cu, c);
+      const sizes = { vars: { ...s, t: p.t, ns: lay.ns, nc: lay.nc }, flags: f };
+      expect(instantiatePlan(of("forward_varlen"), c, sizes), `forward_varlen ${JSON.stringify(lengths)} ${JSON.stringify(f)}`).toEqual(concrete(varlenForwardPlan(p, sched), home));
+      expect(instantiatePlan(of("backward_varlen"), c, sizes), `backward_varlen ${JSON.stringify(lengths)} ${JSON.stringify(f)}`).toEqual(concrete(varlenBackwardPlan(p, sched), home));
+      checked += 2;
+    }
   for (const gated of [0, 1])
     for (const len0 of [0, 1, c / 2, c - 1])
       for (const tn of [1, 2, c - 1, c, 2 * c + 3]) {
@@ -84,7 +97,7 @@ describe("plans as data", () => {
     expect(specs.length).toBeGreaterThan(0);
     // every spec of the default set has its three plans, each launching only kernels the manifest has
     const symbols = new Set(m.kernels.map((k) => k.symbol));
-    for (const spec of specs) for (const kind of ["forward", "backward", "decode"]) expect(m.plans.some((p) => p.kind === kind && p.spec === specKey(spec))).toBe(true);
+    for (const spec of specs) for (const kind of ["forward", "backward", "decode", "forward_varlen", "backward_varlen"]) expect(m.plans.some((p) => p.kind === kind && p.spec === specKey(spec))).toBe(true);
     for (const p of m.plans) for (const v of p.variants) for (const s of [...v.steps, ...(v.fold?.steps ?? [])]) expect(symbols.has(s.symbol), s.symbol).toBe(true);
     // chunk-free kernels live under the smallest chunk of the default set (codegen/plan-data.ts homeStep)
     const home = (s: PlanStep): PlanStep => homeStep(s, Math.min(...DEFAULT_SELECTION.chunks), tuned);

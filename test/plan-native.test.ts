@@ -15,6 +15,8 @@ import { DEFAULT_SCHEDULES_FILE, DEFAULT_SELECTION, loadSchedules, scheduleForTa
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodePlan } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem } from "../dsl/plan.ts";
+import { varlenBackwardPlan, varlenForwardPlan, varlenLayout, type VarlenProblem } from "../dsl/plan-varlen.ts";
+import { dtypeBytes } from "../dsl/dtype.ts";
 import { stepKernel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
 import { specKey, type Spec } from "../dsl/spec.ts";
 import { evalGrid } from "../runtime/execute-gpu.ts";
@@ -44,9 +46,9 @@ interface CaseResult {
   steps: string[];
 }
 interface Case {
-  kind: "forward" | "backward" | "decode";
+  kind: "forward" | "backward" | "decode" | "forward_varlen" | "backward_varlen";
   spec: Spec;
-  problem: { b: number; t: number; hq: number; h: number; scale: number; gated: number; initial_state: number; final_state: number; len0: number };
+  problem: { b: number; t: number; hq: number; h: number; scale: number; gated: number; initial_state: number; final_state: number; len0: number; ns?: number; nc?: number };
   outputsInWorkspace?: boolean;
 }
 
@@ -88,7 +90,7 @@ function expectedLog(plan: Plan, kernels: ReadonlyMap<string, ManifestKernel>, p
   const out: Record<string, unknown>[] = [];
   for (const b of plan.buffers)
     if (b.init === "zeros") {
-      const bytes = b.shape.reduce((a, x) => a * x, 1) * (b.dtype === "f32" ? 4 : 2);
+      const bytes = b.shape.reduce((a, x) => a * x, 1) * dtypeBytes(b.dtype);
       if (bytes) out.push({ memset: hex(ptrOf(b.name)), value: 0, words: Math.ceil(bytes / 4), stream: "0x5000" });
     }
   for (const s of plan.steps.map(home)) {
@@ -112,7 +114,7 @@ describe.skipIf(!!skip)("native plan interpreter on the fake driver", () => {
   const kernels = new Map(m.kernels.map((k) => [k.symbol, k]));
   const tuned = scheduleForTable(loadSchedules(DEFAULT_SCHEDULES_FILE));
 
-  it("launches what the TS plans launch: forward, backward, decode, every flag combination, several sizes", () => {
+  it("launches what the TS plans launch: forward, backward, decode, packed sequences, every flag combination, several sizes", () => {
     const cases: (Case & { plan: Plan })[] = [];
     for (const key of ["p2_d64_e64_c128_bf16", "p2_d32_e32_c64_f32"]) {
       const spec = m.kernels.find((k) => k.specKey === key)!.spec;
@@ -125,6 +127,16 @@ describe.skipIf(!!skip)("native plan interpreter on the fake driver", () => {
           const problem = { ...size, scale: 0.3, ...flags, len0: 0 };
           cases.push({ kind: "forward", spec, problem, plan: forwardPlan(p, sched), outputsInWorkspace: mask === 5 });
           cases.push({ kind: "backward", spec, problem, plan: backwardPlan(p, sched) });
+        }
+      // packed sequences: boundaries on and off chunk edges, an empty and a one-token sequence
+      for (const lengths of [[5], [c, 0, 2 * c + 3, 1], [c - 1, c + 1]])
+        for (let mask = 0; mask < 8; mask++) {
+          const flags = { gated: mask & 1, initial_state: (mask >> 1) & 1, final_state: (mask >> 2) & 1 };
+          const cu = lengths.reduce((o, l) => [...o, o[o.length - 1]! + l], [0]), t = cu[cu.length - 1]!, lay = varlenLayout(cu, c);
+          const p: VarlenProblem = { b: 1, t, hq: 4, h: 2, d: spec.d, e: spec.e, deg: spec.deg, chunk: c, dtype: spec.dtype, scale: 0.3, gated: !!flags.gated, initialState: !!flags.initial_state, finalState: !!flags.final_state, cuSeqlens: cu };
+          const problem = { b: 1, t, hq: 4, h: 2, scale: 0.3, ...flags, len0: 0, ns: lay.ns, nc: lay.nc };
+          cases.push({ kind: "forward_varlen", spec, problem, plan: varlenForwardPlan(p, sched) });
+          cases.push({ kind: "backward_varlen", spec, problem, plan: varlenBackwardPlan(p, sched) });
         }
       for (const [len0, tn] of [[0, 1], [c - 1, 1], [3, 2 * c + 5], [5, c - 5]] as const)
         for (const gated of [0, 1]) {

@@ -6,9 +6,11 @@
 // (test/gpu/interp-device.ts): the same results through upload, plan, launch and read-back, and
 // errors that name the argument.
 
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generate, writeGenerated } from "../codegen/gen.ts";
@@ -141,6 +143,26 @@ describe("packed sequences on the interpreter == one call per sequence", () => {
     const p = problemOf(c), x = inputsOf(c);
     const dense = forwardOnCpu({ ...p, finalState: true }, { Q: x.Q, K: x.K, V: x.V, logG: x.logG! });
     expectIdentical(varlenForwardOnCpu(p, { Q: x.Q, K: x.K, V: x.V, logG: x.logG! }).Y, dense.Y, "Y");
+  });
+});
+
+describe("the layout in the Python package (_manifest.varlen_layout)", () => {
+  it("is varlenLayout's, over random packings and chunks", () => {
+    const r = rng(5);
+    const cases = Array.from({ length: 200 }, () => {
+      const ns = 1 + Math.floor(r() * 6), chunk = [16, 64, 128][Math.floor(r() * 3)]!;
+      const lengths = Array.from({ length: ns }, () => [0, 1, chunk, 2 * chunk, Math.floor(r() * 3 * chunk)][Math.floor(r() * 5)]!);
+      return { cu: offsets(lengths), chunk };
+    });
+    const py = `
+import json, sys
+sys.path.insert(0, ${JSON.stringify(path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "runtime", "python"))})
+from prt import _manifest as m
+print(json.dumps([m.varlen_layout(c["cu"], c["chunk"]) for c in json.load(sys.stdin)]))
+`;
+    const out = spawnSync("python3", ["-c", py], { input: JSON.stringify(cases), encoding: "utf8" });
+    expect(out.status, out.stderr).toBe(0);
+    expect(JSON.parse(out.stdout)).toEqual(cases.map((c) => varlenLayout(c.cu, c.chunk)));
   });
 });
 

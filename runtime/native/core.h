@@ -156,15 +156,19 @@ PRT_API void prt_runtime_close(prt_runtime rt);
 
 /* The sizes and options of one call. Q [b,t,hq,d], K [b,t,h,d], V [b,t,h,e], logG [b,t,h]. */
 typedef struct prt_problem {
-  int64_t b, t, hq, h; /* decode: t = tokens of the call (tn) */
+  int64_t b, t, hq, h; /* decode: t = tokens of the call (tn); the varlen kinds: b = 1, t = packed length */
   int64_t len0;        /* decode only: cache rows in use before the call, in [0, chunk) */
   double scale;
   int32_t gated;         /* logG given (else a gate of 1) */
-  int32_t initial_state; /* forward/backward: S0, Z0 given */
+  int32_t initial_state; /* forward/backward: S0, Z0 given (varlen: one state per sequence) */
   int32_t final_state;   /* forward/backward: Sfinal, Zfinal wanted (backward: dSfinal, dZfinal given) */
+  /* forward_varlen/backward_varlen only (packed sequences, dsl/plan-varlen.ts): ns sequences and
+   * nc chunk slots of the chunk-aligned layout (varlenLayout); the plan's i32 inputs chunkSrc [nc],
+   * chunkLen [nc] and seqChunk [ns + 1] are the caller's, computed from the offsets (varlenTables). */
+  int64_t ns, nc;
 } prt_problem;
 
-/* kind: "forward", "backward" or "decode"; the spec (deg, d, e, chunk, dtype "f16"|"bf16"|"f32")
+/* kind: "forward", "backward", "decode", "forward_varlen" or "backward_varlen"; the spec (deg, d, e, chunk, dtype "f16"|"bf16"|"f32")
  * names the plan. A spec or kernels that no manifest has fail with one message: the manifests, every
  * kernel missing, and the gen command(s) that build them. */
 PRT_API int prt_plan_create(prt_plan* out, prt_runtime rt, const char* kind, int deg, int d, int e,
@@ -175,7 +179,7 @@ enum { PRT_BUF_INPUT = 0, PRT_BUF_OUTPUT = 1, PRT_BUF_TEMP = 2 };
 
 typedef struct prt_buffer_info {
   const char* name;  /* valid while the plan lives */
-  const char* dtype; /* "f16", "bf16" or "f32" */
+  const char* dtype; /* "f16", "bf16", "f32", or "i32" (a varlen plan's tables) */
   int ndim;
   int64_t shape[8];
   size_t bytes;

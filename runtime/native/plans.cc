@@ -143,7 +143,7 @@ std::string spec_of_symbol(const std::string& symbol, const std::string& kernel)
   return w == std::string::npos ? rest : rest.substr(0, w);
 }
 
-size_t dtype_bytes(const std::string& t) { return t == "f32" ? 4 : (t == "f16" || t == "bf16") ? 2 : 0; }
+size_t dtype_bytes(const std::string& t) { return t == "f32" || t == "i32" ? 4 : (t == "f16" || t == "bf16") ? 2 : 0; }
 
 // ---- expressions (codegen/manifest.ts PlanExpr) ---------------------------------------------
 
@@ -430,10 +430,10 @@ int prt_plan_create(prt_plan* out, prt_runtime rt, const char* kind, int deg, in
   *out = nullptr;
   if (!rt || !p) return einval("prt_plan_create: null runtime or problem");
   std::string k = kind ? kind : "";
-  if (k != "forward" && k != "backward" && k != "decode")
-    return einval("prt_plan_create: kind: expected \"forward\", \"backward\" or \"decode\", received \"" + k + "\"");
+  if (k != "forward" && k != "backward" && k != "decode" && k != "forward_varlen" && k != "backward_varlen")
+    return einval("prt_plan_create: kind: expected \"forward\", \"backward\", \"decode\", \"forward_varlen\" or \"backward_varlen\", received \"" + k + "\"");
   std::string dt = dtype ? dtype : "";
-  if (dtype_bytes(dt) == 0) return einval("prt_plan_create: dtype: expected one of f16, bf16, f32, received \"" + dt + "\"");
+  if (dt == "i32" || dtype_bytes(dt) == 0) return einval("prt_plan_create: dtype: expected one of f16, bf16, f32, received \"" + dt + "\"");
   std::string spec = "p" + std::to_string(deg) + "_d" + std::to_string(d) + "_e" + std::to_string(e) + "_c" + std::to_string(chunk) + "_" + dt;
   auto plan = std::make_unique<prt_plan_st>();
   plan->rt = rt;
@@ -441,8 +441,13 @@ int prt_plan_create(prt_plan* out, prt_runtime rt, const char* kind, int deg, in
   auto bad = [&](const char* field, const std::string& expected, const std::string& got) {
     return einval(plan->label + ": " + field + ": expected " + expected + ", received " + got);
   };
-  const bool decode = k == "decode";
+  const bool decode = k == "decode", varlen = k == "forward_varlen" || k == "backward_varlen";
   if (p->b < 1) return bad("b", "a positive integer", std::to_string(p->b));
+  if (varlen && p->b != 1) return bad("b", "1 (sequences packed along t)", std::to_string(p->b));
+  if (varlen && p->ns < 1) return bad("ns", "a positive integer (sequences)", std::to_string(p->ns));
+  // every slot holds 1..chunk of the t tokens and a non-empty sequence at least one slot
+  if (varlen && (p->nc < (p->t + chunk - 1) / chunk || p->nc > p->t))
+    return bad("nc", "the chunk slots of the packing, in [ceil(t / chunk), t] = [" + std::to_string((p->t + chunk - 1) / chunk) + ", " + std::to_string(p->t) + "]", std::to_string(p->nc));
   if (p->t < 1) return bad(decode ? "t (new tokens)" : "t", "a positive integer", std::to_string(p->t));
   if (p->h < 1) return bad("h", "a positive integer", std::to_string(p->h));
   if (p->hq < 1 || p->hq % p->h != 0) return bad("hq", "a positive multiple of h = " + std::to_string(p->h), std::to_string(p->hq));
@@ -450,7 +455,7 @@ int prt_plan_create(prt_plan* out, prt_runtime rt, const char* kind, int deg, in
   if (decode && (p->len0 < 0 || p->len0 >= chunk)) return bad("len0", "an integer in [0, " + std::to_string(chunk) + ")", std::to_string(p->len0));
 
   auto it = rt->plans.find(k + "/" + spec);
-  if (it == rt->plans.end() && !decode && chunk >= 16 && p->t <= chunk && !p->initial_state && !p->final_state) {
+  if (it == rt->plans.end() && !decode && !varlen && chunk >= 16 && p->t <= chunk && !p->initial_state && !p->final_state) {
     // one window over t (the quadratic path) at a chunk no manifest has: the one-window variant of
     // any built chunk of this deg, d, e and dtype serves it when all its kernels are chunk-free
     // (the variant's "anyChunk"; codegen/plan-data.ts)
@@ -482,7 +487,13 @@ int prt_plan_create(prt_plan* out, prt_runtime rt, const char* kind, int deg, in
   Builder bld{plan.get(), nullptr, {}, {}};
   Vars vars{{"b", double(p->b)}, {"hq", double(p->hq)}, {"h", double(p->h)}, {"scale", p->scale}};
   bld.flags["gated"] = p->gated ? 1 : 0;
-  if (!decode) {
+  if (varlen) {
+    vars["t"] = double(p->t);
+    vars["ns"] = double(p->ns);
+    vars["nc"] = double(p->nc);
+    bld.flags["initialState"] = p->initial_state ? 1 : 0;
+    bld.flags["finalState"] = p->final_state ? 1 : 0;
+  } else if (!decode) {
     double n = std::ceil(double(p->t) / chunk);
     vars["t"] = double(p->t);
     vars["n"] = n;

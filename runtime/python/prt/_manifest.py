@@ -207,6 +207,31 @@ def problem_env(kind: str, chunk: int, b, t, hq, h, gated: bool, initial_state: 
     return env, flags
 
 
+def varlen_layout(cu: list, chunk: int) -> dict:
+    """dsl/plan-varlen.ts varlenLayout (test/python.test.ts holds the two equal): where the chunks of
+    packed sequences sit in the chunk-aligned layout. cu: the ns + 1 offsets (checked by the caller).
+    Returns ns, nc (the chunk slots: each sequence starts one, an empty one takes none) and the
+    varlen plans' i32 inputs chunkSrc, chunkLen (per slot: the first packed row, the rows that are
+    the sequence's) and seqChunk (per sequence its first slot, then nc)."""
+    chunk_src, chunk_len, seq_chunk = [], [], []
+    for s in range(len(cu) - 1):
+        seq_chunk.append(len(chunk_src))
+        r = cu[s]
+        while r < cu[s + 1]:
+            chunk_src.append(r)
+            chunk_len.append(min(chunk, cu[s + 1] - r))
+            r += chunk
+    seq_chunk.append(len(chunk_src))
+    return {"ns": len(cu) - 1, "nc": len(chunk_src), "chunkSrc": chunk_src, "chunkLen": chunk_len, "seqChunk": seq_chunk}
+
+
+def varlen_env(t, hq, h, ns, nc, gated: bool, initial_state: bool, final_state: bool):
+    """The variables and flags of a forward_varlen / backward_varlen problem (codegen/manifest.ts PLAN_VARS)."""
+    env = {"t": t, "hq": hq, "h": h, "ns": ns, "nc": nc, "scale": 0.0}
+    flags = {"gated": int(gated), "initialState": int(initial_state), "finalState": int(final_state)}
+    return env, flags
+
+
 def output_shapes(plan, env: dict, flags: dict) -> list[tuple[str, str, tuple]]:
     """(name, dtype, shape) of the variant's outputs, in the order the variant lists them."""
     v = variant(plan, flags)

@@ -33,6 +33,7 @@ class _Problem(ctypes.Structure):
         ("b", ctypes.c_int64), ("t", ctypes.c_int64), ("hq", ctypes.c_int64), ("h", ctypes.c_int64),
         ("len0", ctypes.c_int64), ("scale", ctypes.c_double),
         ("gated", ctypes.c_int32), ("initial_state", ctypes.c_int32), ("final_state", ctypes.c_int32),
+        ("ns", ctypes.c_int64), ("nc", ctypes.c_int64),  # the varlen kinds: sequences and chunk slots
     ]
 
 
@@ -157,8 +158,11 @@ class Runtime:
             pass
 
     def plan(self, kind: str, spec: tuple[int, int, int, int, str], b: int, t: int, hq: int, h: int, scale: float,
-             gated: bool = False, initial_state: bool = False, final_state: bool = False, len0: int = 0) -> "Plan":
-        return Plan(self, kind, spec, _Problem(b, t, hq, h, len0, scale, int(gated), int(initial_state), int(final_state)))
+             gated: bool = False, initial_state: bool = False, final_state: bool = False, len0: int = 0,
+             ns: int = 0, nc: int = 0) -> "Plan":
+        """kind "forward_varlen"/"backward_varlen" (b = 1, t the packed length) also take ns, the
+        sequences, and nc, the chunk slots of their aligned layout (_manifest.varlen_tables)."""
+        return Plan(self, kind, spec, _Problem(b, t, hq, h, len0, scale, int(gated), int(initial_state), int(final_state), ns, nc))
 
 
 class Plan:

@@ -46,11 +46,12 @@ def _manifests() -> list:
 
 
 def _plan(kind: str, spec: _manifest.Spec, b: int, t: int, hq: int, h: int, scale: float, gated: bool,
-          initial_state: bool = False, final_state: bool = False, len0: int = 0) -> _native.Plan:
-    key = (kind, spec, b, t, hq, h, scale, gated, initial_state, final_state, len0)
+          initial_state: bool = False, final_state: bool = False, len0: int = 0, ns: int = 0, nc: int = 0) -> _native.Plan:
+    key = (kind, spec, b, t, hq, h, scale, gated, initial_state, final_state, len0, ns, nc)
     p = _plans.get(key)
     if p is None:
-        p = _rt().plan(kind, (spec.deg, spec.d, spec.e, spec.chunk, spec.dtype), b, t, hq, h, scale, gated, initial_state, final_state, len0)
+        p = _rt().plan(kind, (spec.deg, spec.d, spec.e, spec.chunk, spec.dtype), b, t, hq, h, scale, gated, initial_state, final_state,
+                       len0, ns, nc)
         with _lock:
             if len(_plans) > 4096:  # plans are small, but sizes can vary without end
                 _plans.clear()
@@ -272,6 +273,127 @@ def _forward(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state) -> list:
     return list(_Eager.apply(Q, K, V, logG, S0, Z0, deg, scale, chunk, final_state))
 
 
+# ---- packed variable-length sequences (dsl/plan-varlen.ts) ---------------------------------------
+# The plans forward_varlen / backward_varlen take the caller's packed [1, t, ...] tensors, one state
+# per sequence, and three i32 tables computed here from the offsets (_manifest.varlen_layout). Eager
+# only: the aligned layout's size (nc chunk slots) depends on the offsets' values, which a traced
+# graph does not know.
+
+_VARLEN_TABLES = ("chunkSrc", "chunkLen", "seqChunk")
+
+
+@_paths.per_search_path
+def _varlen_names(kind: str, spec, t, hq, h, ns, nc, gated, initial_state, final_state) -> list:
+    plan = _manifest.find_plan(_manifests(), kind, spec)
+    if plan is None:
+        raise _native.PrtError(f"spec {spec.key} has no {kind} plan on the kernel search path ({_paths.describe_search_path()}); "
+                               f"generate and compile it with `{spec.gen_command()}`")
+    env, flags = _manifest.varlen_env(t, hq, h, ns, nc, gated, initial_state, final_state)
+    return _manifest.output_shapes(plan, env, flags)
+
+
+def _varlen_forward_impl(Q, K, V, logG, S0, Z0, tables: dict, deg: int, scale: float, chunk: int, final_state: bool, ns: int, nc: int) -> list:
+    """The forward_varlen plan's outputs, in the order the plan variant lists them."""
+    t, hq, h = Q.shape[1], Q.shape[2], K.shape[2]
+    spec = _spec_of(Q, V, deg, chunk)
+    gated, initial = logG is not None, S0 is not None
+    plan = _plan("forward_varlen", spec, 1, t, hq, h, scale, gated, initial, final_state, ns=ns, nc=nc)
+    out = _run(plan, Q.device, {"Q": Q, "K": K, "V": V, "logG": logG, "S0": S0, "Z0": Z0, **tables})
+    return [out[n] for n, _, _ in _varlen_names("forward_varlen", spec, t, hq, h, ns, nc, gated, initial, final_state)]
+
+
+def _varlen_backward_impl(Q, K, V, logG, S0, Z0, tables: dict, saved: list, dY, dSfinal, dZfinal, deg: int, scale: float, chunk: int,
+                          final_state: bool, ns: int, nc: int) -> list:
+    """The backward_varlen plan's outputs, in the order the plan variant lists them."""
+    t, hq, h = Q.shape[1], Q.shape[2], K.shape[2]
+    spec = _spec_of(Q, V, deg, chunk)
+    gated, initial = logG is not None, S0 is not None
+    fwd = [n for n, _, _ in _varlen_names("forward_varlen", spec, t, hq, h, ns, nc, gated, initial, final_state)]
+    given = dict(zip(fwd, saved))
+    given.update({"Q": Q, "K": K, "V": V, "logG": logG, "S0": S0, "Z0": Z0, "dY": dY, "dSfinal": dSfinal, "dZfinal": dZfinal, **tables})
+    plan = _plan("backward_varlen", spec, 1, t, hq, h, scale, gated, initial, final_state, ns=ns, nc=nc)
+    out = _run(plan, Q.device, given)
+    return [out[n] for n, _, _ in _varlen_names("backward_varlen", spec, t, hq, h, ns, nc, gated, initial, final_state)]
+
+
+class _Varlen(torch.autograd.Function):
+    """power_retention over packed sequences: the varlen plans forward and backward, the saved
+    outputs non-differentiable and gradients not materialised (as _Eager)."""
+
+    @staticmethod
+    def forward(ctx, Q, K, V, logG, S0, Z0, tables, deg, scale, chunk, final_state, ns, nc):
+        out = _varlen_forward_impl(Q, K, V, logG, S0, Z0, tables, deg, scale, chunk, final_state, ns, nc)
+        names = [n for n, _, _ in _varlen_names("forward_varlen", _spec_of(Q, V, deg, chunk), Q.shape[1], Q.shape[2], K.shape[2], ns, nc,
+                                                 logG is not None, S0 is not None, final_state)]
+        ctx.mark_non_differentiable(*[x for n, x in zip(names, out) if n not in _DIFFERENTIABLE])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(Q, K, V, logG, S0, Z0, *out)
+        ctx.tables, ctx.names = tables, names
+        ctx.args = (deg, scale, chunk, final_state, ns, nc)
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        Q, K, V, logG, S0, Z0, *saved = ctx.saved_tensors
+        deg, scale, chunk, final_state, ns, nc = ctx.args
+        g = dict(zip(ctx.names, grads))
+        dY = g["Y"] if g.get("Y") is not None else torch.zeros_like(saved[ctx.names.index("Y")])
+        dS = dZ = None
+        if final_state:
+            dS, dZ = g.get("Sfinal"), g.get("Zfinal")
+            dS = torch.zeros_like(saved[ctx.names.index("Sfinal")]) if dS is None else dS.float().contiguous()
+            dZ = torch.zeros_like(saved[ctx.names.index("Zfinal")]) if dZ is None else dZ.float().contiguous()
+        out = _varlen_backward_impl(Q, K, V, logG, S0, Z0, ctx.tables, saved, dY.contiguous(), dS, dZ, deg, scale, chunk, final_state, ns, nc)
+        r = dict(zip([n for n, _, _ in _varlen_names("backward_varlen", _spec_of(Q, V, deg, chunk), Q.shape[1], Q.shape[2], K.shape[2], ns, nc,
+                                                       logG is not None, S0 is not None, final_state)], out))
+        return (r["dQ"], r["dK"], r["dV"], r["dlogG"] if logG is not None else None,
+                r.get("dS0") if S0 is not None else None, r.get("dZ0") if S0 is not None else None) + (None,) * 7
+
+
+def _check_cu_seqlens(cu_seqlens, Q) -> list:
+    """cu_seqlens (int32 [ns + 1], on Q's device or the CPU) as a list of offsets, checked as
+    dsl/plan-varlen.ts checkCuSeqlens does; errors name the argument, the expected and the received."""
+    if _is_compiling():
+        raise NotImplementedError("cu_seqlens: power_retention over packed sequences runs eagerly only (the aligned layout's size "
+                                  "depends on the offsets' values, which torch.compile does not know when it traces); call it outside "
+                                  "the compiled region")
+    b, t = Q.shape[0], Q.shape[1]
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens: expected a torch.Tensor of int32 offsets [ns + 1], received {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype != torch.int32:
+        raise TypeError(f"cu_seqlens: expected dtype torch.int32, received {cu_seqlens.dtype}")
+    if cu_seqlens.device != Q.device and cu_seqlens.device.type != "cpu":
+        raise ValueError(f"cu_seqlens: expected a tensor on {Q.device} (Q's device) or the CPU, received one on {cu_seqlens.device}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens: expected a 1-D tensor of at least 2 offsets (one sequence: [0, t]), received shape {tuple(cu_seqlens.shape)}")
+    if b != 1:
+        raise ValueError(f"Q: expected b = 1 with cu_seqlens (the sequences packed along t: [1, total, hq, d]), received b = {b}")
+    cu = cu_seqlens.tolist()  # the layout is computed on the host: one copy (a sync when on the GPU)
+    if cu[0] != 0:
+        raise ValueError(f"cu_seqlens[0]: expected 0 (the first sequence starts the packed tensor), received {cu[0]}")
+    for i in range(1, len(cu)):
+        if cu[i] < cu[i - 1]:
+            raise ValueError(f"cu_seqlens[{i}]: expected offsets that do not decrease, received {cu[i]} after {cu[i - 1]}")
+    if cu[-1] != t:
+        raise ValueError(f"cu_seqlens[{len(cu) - 1}]: expected the packed length {t} (the t of Q, K, V), received {cu[-1]}")
+    return cu
+
+
+def _varlen(Q, K, V, log_G, S0, Z0, cu: list, deg, scale, chunk_size, final):
+    """power_retention's packed path (cu: the checked offsets): Y [1, t, hq, e] and, when `final`,
+    the states per sequence."""
+    d, e, dtype = Q.shape[3], V.shape[3], _DTYPES[Q.dtype]
+    # packed sequences take the chunked form (each starts a chunk of the aligned layout)
+    chunk = chunk_size if chunk_size is not None else _auto_chunk(deg, d, e, dtype, Q.shape[1], S0 is not None, True, _device_name(Q.device))
+    lay = _manifest.varlen_layout(cu, chunk)
+    tables = {n: torch.tensor(lay[n], dtype=torch.int32, device=Q.device) for n in _VARLEN_TABLES}
+    out = _Varlen.apply(Q, K, V, log_G, S0, Z0, tables, deg, scale, chunk, final, lay["ns"], lay["nc"])
+    names = [n for n, _, _ in _varlen_names("forward_varlen", _spec_of(Q, V, deg, chunk), Q.shape[1], Q.shape[2], K.shape[2], lay["ns"],
+                                             lay["nc"], log_G is not None, S0 is not None, final)]
+    r = dict(zip(names, out))
+    return (r["Y"], (r["Sfinal"], r["Zfinal"])) if final else r["Y"]
+
+
 # ---- the user-facing function ---------------------------------------------------------------------
 
 
@@ -327,7 +449,7 @@ def state_features(d: int, deg: int) -> int:
 
 
 def power_retention(Q, K, V, log_G=None, initial_state=None, return_final_state=False, deg=2, scale=None, chunk_size=None,
-                    switch_over_seq_len=None):
+                    switch_over_seq_len=None, cu_seqlens=None):
     """Power retention (SPEC.md) of Q [b,t,hq,d], K [b,t,h,d], V [b,t,h,e], optional log_G [b,t,h].
 
     initial_state: None or a pair (S [b,h,D,e], Z [b,h,D]) in float32, the state before the first
@@ -336,11 +458,20 @@ def power_retention(Q, K, V, log_G=None, initial_state=None, return_final_state=
     result does not depend on it); None chooses per problem (dsl/algorithm.ts): the quadratic form while a
     table measured on this GPU (or the default rule) says it is cheaper, else a built chunk.
     switch_over_seq_len is accepted for compatibility and has no effect (the plans choose).
+    cu_seqlens: packed variable-length sequences (flash-attention's varlen convention): Q, K, V,
+    log_G hold ns sequences back to back along t (b = 1), sequence s on rows cu_seqlens[s] up to
+    cu_seqlens[s + 1] (int32 [ns + 1] from 0 to t, not decreasing; an empty sequence is allowed); no
+    token attends across a boundary. initial_state and the final state then hold one state per
+    sequence ([ns, h, D, e], [ns, h, D]). Eager only (not under torch.compile); the offsets are read
+    on the host.
     Differentiable in Q, K, V, log_G and the initial state. Returns Y [b,t,hq,e] (and the state).
     """
     Q, K, V, log_G, scale = _prepare(Q, K, V, log_G, deg, scale, chunk_size)
     b, t, hq, d = Q.shape
     h, e = K.shape[2], V.shape[3]
+    cu = _check_cu_seqlens(cu_seqlens, Q) if cu_seqlens is not None else None
+    if cu is not None:
+        b = len(cu) - 1  # the states: one per sequence
     S0 = Z0 = None
     if initial_state is not None:
         D = state_features(d, deg)
@@ -354,6 +485,8 @@ def power_retention(Q, K, V, log_G=None, initial_state=None, return_final_state=
         if tuple(Z0.shape) != (b, h, D):
             raise ValueError(f"initial_state[1]: expected shape [{b}, {h}, {D}], received {tuple(Z0.shape)}")
         S0, Z0 = S0.float().contiguous(), Z0.float().contiguous()
+    if cu is not None:
+        return _varlen(Q, K, V, log_G, S0, Z0, cu, deg, scale, chunk_size, bool(return_final_state))
     dtype = _DTYPES[Q.dtype]
     final = bool(return_final_state)
     chunk = chunk_size

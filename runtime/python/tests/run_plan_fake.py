@@ -3,7 +3,7 @@ where every buffer lived, so test/plan-native.test.ts can map the fake driver's 
 buffer names and compare it with the TS plans.
 
 stdin: {"manifest": path, "kernelDir": path, "cases": [{"kind", "spec": [deg, d, e, chunk, dtype],
-        "problem": {b, t, hq, h, scale, gated, initial_state, final_state, len0}, "log": path,
+        "problem": {b, t, hq, h, scale, gated, initial_state, final_state, len0, ns?, nc?}, "log": path,
         "outputsInWorkspace": bool}]}
 stdout: [{"buffers": [{"name", "role", "ptr", "bytes"}], "workspace": ptr, "steps": [...]}] per case
 """
@@ -25,7 +25,8 @@ def main() -> None:
     for case in job["cases"]:
         pr = case["problem"]
         plan = rt.plan(case["kind"], tuple(case["spec"]), pr["b"], pr["t"], pr["hq"], pr["h"], pr["scale"],
-                       bool(pr.get("gated")), bool(pr.get("initial_state")), bool(pr.get("final_state")), pr.get("len0", 0))
+                       bool(pr.get("gated")), bool(pr.get("initial_state")), bool(pr.get("final_state")), pr.get("len0", 0),
+                       pr.get("ns", 0), pr.get("nc", 0))
         allocated = []
 
         def alloc(n: int) -> int:

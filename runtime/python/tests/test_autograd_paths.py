@@ -5,20 +5,14 @@ same outputs and gradients, mark the saved outputs non-differentiable and need n
 gradient for them. Skips, saying why, without torch (CI). The GPU tests (test_torch.py) run the same
 paths on the real kernels."""
 
-import os
-import sys
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 try:
-    import torch
-except ImportError:  # CI: no torch
-    torch = None
+    from .cpu_torch import cpu_torch
+except ImportError:  # run as a script
+    from cpu_torch import cpu_torch
 
-REASON = None if torch is not None else "torch is not installed"
-if REASON:
-    print(f"test_autograd_paths: skipped: {REASON}", file=sys.stderr)
+torch, REASON = cpu_torch("test_autograd_paths")
 
 
 @unittest.skipIf(REASON is not None, REASON or "")

@@ -3,20 +3,14 @@ runs the queries as tokens with zero keys and values (the inner call is recorded
 returns the state as given; wrong combinations raise errors that name the argument. Skips, saying
 why, without torch (CI). test_torch.py checks the numbers on the GPU."""
 
-import os
-import sys
 import unittest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
 try:
-    import torch
-except ImportError:  # CI: no torch
-    torch = None
+    from .cpu_torch import cpu_torch
+except ImportError:  # run as a script
+    from cpu_torch import cpu_torch
 
-REASON = None if torch is not None else "torch is not installed"
-if REASON:
-    print(f"test_inference_args: skipped: {REASON}", file=sys.stderr)
+torch, REASON = cpu_torch("test_inference_args")
 
 
 @unittest.skipIf(REASON is not None, REASON or "")

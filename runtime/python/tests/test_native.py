@@ -44,6 +44,19 @@ class NativeTest(unittest.TestCase):
         self.assertGreater(p.workspace_bytes_all, p.workspace_bytes)
         self.assertTrue(p.steps()[0].startswith("prt_attention_p2_d64_e64_c128_bf16_"))
 
+    def test_a_varlen_plan_takes_the_tables_and_one_state_per_sequence(self):
+        rt = _native.Runtime([GENERATED], "/nonexistent/kernels")
+        # 3 sequences of 200, 0 and 100 tokens at chunk 128: 2 + 0 + 1 slots
+        p = rt.plan("forward_varlen", SPEC, 1, 300, 4, 2, 0.125, gated=True, initial_state=True, final_state=True, ns=3, nc=3)
+        by = {b.name: b for b in p.buffers}
+        self.assertEqual((by["chunkSrc"].dtype, by["chunkSrc"].shape, by["chunkSrc"].role), ("i32", (3,), _native.BUF_INPUT))
+        self.assertEqual(by["seqChunk"].shape, (4,))
+        self.assertEqual(by["S0"].shape, (3, 2, 2080, 64))
+        self.assertEqual((by["Sfinal"].shape, by["Sfinal"].role), ((3, 2, 2080, 64), _native.BUF_OUTPUT))
+        self.assertEqual((by["Y"].shape, by["Q"].shape), ((1, 300, 4, 64), (1, 300, 4, 64)))
+        self.assertEqual(by["Qp"].shape, (1, 384, 4, 64))  # the aligned copy: 3 slots of 128 rows
+        self.assertTrue(p.steps()[0].startswith("prt_varlen_pack_p2_d64_e64_c128_bf16_"))
+
     def test_errors_name_the_argument(self):
         rt = _native.Runtime([GENERATED], "/nonexistent/kernels")
         with self.assertRaises(_native.PrtError) as e:
@@ -51,13 +64,23 @@ class NativeTest(unittest.TestCase):
         self.assertIn("hq: expected a positive multiple of h = 2, received 3", str(e.exception))
         with self.assertRaises(_native.PrtError) as e:
             rt.plan("sideways", SPEC, 1, 10, 2, 2, 0.1)
-        self.assertIn('kind: expected "forward", "backward" or "decode", received "sideways"', str(e.exception))
+        self.assertIn('kind: expected "forward", "backward", "decode", "forward_varlen" or "backward_varlen", received "sideways"', str(e.exception))
         with self.assertRaises(_native.PrtError) as e:
             rt.plan("forward", (4, 48, 48, 64, "f16"), 1, 10, 2, 2, 0.1)
         self.assertIn("npx retention gen --deg 4 --d 48 --e 48 --chunk 64 --dtype f16 --out build/generated/p4_d48_e48_c64_f16 --compile", str(e.exception))
         with self.assertRaises(_native.PrtError) as e:
             rt.plan("decode", SPEC, 1, 1, 2, 2, 0.1, len0=128)
         self.assertIn("len0: expected an integer in [0, 128), received 128", str(e.exception))
+        # packed sequences: b = 1, ns >= 1, nc the slots of some packing of t tokens at this chunk
+        with self.assertRaises(_native.PrtError) as e:
+            rt.plan("forward_varlen", SPEC, 2, 300, 2, 2, 0.1, ns=2, nc=3)
+        self.assertIn("b: expected 1 (sequences packed along t), received 2", str(e.exception))
+        with self.assertRaises(_native.PrtError) as e:
+            rt.plan("forward_varlen", SPEC, 1, 300, 2, 2, 0.1, ns=0, nc=3)
+        self.assertIn("ns: expected a positive integer (sequences), received 0", str(e.exception))
+        with self.assertRaises(_native.PrtError) as e:
+            rt.plan("backward_varlen", SPEC, 1, 300, 2, 2, 0.1, ns=2, nc=2)
+        self.assertIn("nc: expected the chunk slots of the packing, in [ceil(t / chunk), t] = [3, 300], received 2", str(e.exception))
         with self.assertRaises(_native.PrtError) as e:
             _native.Runtime(["/nonexistent/manifest.json"], "/tmp")
         self.assertIn("manifest /nonexistent/manifest.json: cannot read the file", str(e.exception))

@@ -127,6 +127,41 @@ class TorchTest(unittest.TestCase):
         Y2 = self.prt.power_retention(Q[:, 200:], K[:, 200:], V[:, 200:], log_G=G[:, 200:], initial_state=st1, chunk_size=128)
         self.assertLess(rel(torch.cat([Y1, Y2], 1), Y.double()), 1e-4)
 
+    def test_varlen_equals_one_call_per_sequence(self):
+        # packed sequences (cu_seqlens) against one call per sequence with a final state (the chunked
+        # form the packed call takes too): the same arithmetic per chunk, so equal to the last bit;
+        # boundaries inside chunks and on an edge, an empty and a one-token sequence
+        D = self.prt.state_features(64, 2)
+        lengths = [70, 0, 128, 1, 300]
+        cu = [0]
+        for n in lengths:
+            cu.append(cu[-1] + n)
+        Q, K, V, G = inputs(1, cu[-1], 4, 2, 64, "bf16", True, seed=3)
+        g = torch.Generator(device="cuda").manual_seed(4)
+        S0 = 0.01 * torch.randn(len(lengths), 2, D, 64, device="cuda", generator=g)
+        Z0 = 0.01 * torch.rand(len(lengths), 2, D, device="cuda", generator=g)
+        leaves = [x.detach().clone().requires_grad_(True) for x in (Q, K, V, G, S0, Z0)]
+        Y, (S, Z) = self.prt.power_retention(*leaves[:3], log_G=leaves[3], initial_state=(leaves[4], leaves[5]), return_final_state=True,
+                                             chunk_size=128, cu_seqlens=torch.tensor(cu, dtype=torch.int32, device="cuda"))
+        dY = torch.randn_like(Y)
+        grads = torch.autograd.grad((Y * dY).float().sum() + S.sum(), leaves)
+        for s, n in enumerate(lengths):
+            a, b = cu[s], cu[s + 1]
+            if n == 0:
+                self.assertTrue(torch.equal(S[s], S0[s]))  # nothing to read: the state passes through
+                continue
+            one = [x[:, a:b].detach().clone().requires_grad_(True) for x in (Q, K, V, G)]
+            st = [x[s:s + 1].detach().clone().requires_grad_(True) for x in (S0, Z0)]
+            Y1, (S1, _) = self.prt.power_retention(*one[:3], log_G=one[3], initial_state=tuple(st), return_final_state=True, chunk_size=128)
+            self.assertTrue(torch.equal(Y[:, a:b], Y1), f"Y of sequence {s}")
+            self.assertTrue(torch.equal(S[s:s + 1], S1), f"Sfinal of sequence {s}")
+            g1 = torch.autograd.grad((Y1 * dY[:, a:b]).float().sum() + S1.sum(), one + st)
+            for name, x, r in zip(["dQ", "dK", "dV", "dlogG"], grads[:4], g1[:4]):
+                self.assertTrue(torch.equal(x[:, a:b], r), f"{name} of sequence {s}")
+            self.assertTrue(torch.equal(grads[4][s:s + 1], g1[4]), f"dS0 of sequence {s}")
+        with self.assertRaisesRegex(ValueError, r"cu_seqlens\[2\]: expected offsets that do not decrease, received 5 after 70"):
+            self.prt.power_retention(Q, K, V, cu_seqlens=torch.tensor([0, 70, 5, cu[-1]], dtype=torch.int32, device="cuda"))
+
     def test_compile_fullgraph(self):
         Q, K, V, G = inputs(1, 257, 2, 2, 64, "bf16", True)
         f = torch.compile(lambda q, k, v, g: self.prt.power_retention(q, k, v, log_G=g, chunk_size=128), fullgraph=True)
