@@ -37,15 +37,17 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
-def rotary(x: torch.Tensor, pos0: int, base: float) -> torch.Tensor:
-    """Rotary position embedding of x [b, t, h, d] at positions pos0 .. pos0 + t - 1, in float32.
+def rotary(x: torch.Tensor, pos0: int, base: float, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotary position embedding of x [b, t, h, d] at positions pos0 .. pos0 + t - 1 (or at
+    `positions` [b, t], e.g. counted from each packed document's start), in float32.
     Pairs (x_i, x_{i + d/2}) are rotated by angle pos * base^(-2i/d); q.k then depends on the
     positions only through their difference, which is what makes a decode step match the forward."""
     b, t, h, d = x.shape
     inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)  # [d/2]
-    pos = torch.arange(pos0, pos0 + t, device=x.device, dtype=torch.float32)
-    ang = pos[:, None] * inv_freq[None, :]  # [t, d/2]
-    cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]  # [1, t, 1, d/2]
+    if positions is None:
+        positions = torch.arange(pos0, pos0 + t, device=x.device)[None]  # [1, t]
+    ang = positions.float()[..., None] * inv_freq  # [b or 1, t, d/2]
+    cos, sin = ang.cos()[:, :, None, :], ang.sin()[:, :, None, :]  # [b or 1, t, 1, d/2]
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
@@ -63,14 +65,19 @@ class Attention(nn.Module):
             # per-token decay of the state
             self.gate = nn.Linear(cfg.n_embd, cfg.n_head, bias=True)
 
-    def forward(self, x: torch.Tensor, pos0: int = 0, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos0: int = 0, cache=None, docs=None) -> torch.Tensor:
         """x [b, t, c] -> [b, t, c]. cache: None (training: the whole sequence at once) or a per-layer
-        object of generate.py, called as cache(q, k, v, log_g) with the new tokens only."""
+        object of generate.py, called as cache(q, k, v, log_g) with the new tokens only. docs: None,
+        or (cu_seqlens or None, positions [b, t]) for documents kept apart (data.py get_docs):
+        packed sequences of power_retention's cu_seqlens, rotary positions from each one's start."""
         cfg = self.cfg
         b, t, c = x.shape
+        cu, positions = docs if docs is not None else (None, None)
+        if cu is not None and cfg.attn != "retention":
+            raise ValueError("docs: packed documents (cu_seqlens) need attn='retention'; use padded rows with sdpa")
         q, k, v = self.qkv(x).view(b, t, 3, cfg.n_head, cfg.head_dim).unbind(2)  # each [b, t, h, d]
         io_dtype = v.dtype  # the projections' dtype: bf16 under autocast, else the weights'
-        q, k = rotary(q, pos0, cfg.rope_base), rotary(k, pos0, cfg.rope_base)  # float32 now
+        q, k = rotary(q, pos0, cfg.rope_base, positions), rotary(k, pos0, cfg.rope_base, positions)  # float32 now
         log_g = None
         if cfg.attn == "retention":
             # in float32, autocast off: the kernels read float32 gates, and a gate near 1 (bias 6.9)
@@ -86,7 +93,7 @@ class Attention(nn.Module):
         elif cfg.attn == "retention":
             from prt import power_retention
 
-            y = power_retention(q, k, v, log_G=log_g, deg=cfg.deg, chunk_size=cfg.chunk_size)  # [b, t, h, d]
+            y = power_retention(q, k, v, log_G=log_g, deg=cfg.deg, chunk_size=cfg.chunk_size, cu_seqlens=cu)  # [b, t, h, d]
         else:
             # SDPA takes [b, h, t, d]
             y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
@@ -103,8 +110,8 @@ class Block(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
         self.fc_out = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x, pos0=0, cache=None):
-        x = x + self.attn(self.ln1(x), pos0, cache)
+    def forward(self, x, pos0=0, cache=None, docs=None):
+        x = x + self.attn(self.ln1(x), pos0, cache, docs)
         return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
 
 
@@ -138,12 +145,13 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied table counted once
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos0: int = 0, caches=None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos0: int = 0, caches=None, docs=None):
         """idx [b, t] bytes (int64) at positions pos0.. -> logits [b, t, 256] float32, and the mean
-        cross-entropy against targets [b, t] when given. caches: one per block (generate.py)."""
+        cross-entropy against targets [b, t] when given (-1: no target, a padded row's tail).
+        caches: one per block (generate.py); docs: documents kept apart (Attention.forward)."""
         x = self.wte(idx)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, pos0, None if caches is None else caches[i])
+            x = blk(x, pos0, None if caches is None else caches[i], docs)
         logits = self.head(self.ln_f(x)).float()
-        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss

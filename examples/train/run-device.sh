@@ -8,6 +8,9 @@
 #   smoke     a 1-GPU torchrun DDP run of 20 steps, then --resume to 30 (checks save/resume under DDP)
 #   train     retention and SDPA at ctx 1024 (batch 16) and ctx 8192 (batch 2): 16384 tokens a step,
 #             MINUTES of training each (RUNS="retention-1024 sdpa-1024 ..." picks some)
+#   docs      packed documents (--docs packed, power_retention's cu_seqlens) against padded rows
+#             (--docs padded) at ctx 1024, batch 16, the same seed and STEPS_DOCS steps (default 300):
+#             the two losses must agree within noise (issue 26)
 #   plot      val-loss.png and summary-train.{json,md} (plot.py)
 #   generate  a sample from the retention checkpoint and the per-token latency table (generate.py)
 #   summary   summary.json and summary.txt: the final validation losses, tokens/s, latency
@@ -15,7 +18,7 @@
 set -uo pipefail
 MINUTES=${MINUTES:-2}
 RES=${OUT:-device-out}/train
-if [[ $# -gt 0 && ! $1 =~ ^(smoke|train|plot|generate|summary|all)$ ]]; then RES=$1; shift; fi
+if [[ $# -gt 0 && ! $1 =~ ^(smoke|train|docs|plot|generate|summary|all)$ ]]; then RES=$1; shift; fi
 STAGES=${*:-all}
 RUNS=${RUNS:-"retention-1024 sdpa-1024 retention-8192 sdpa-8192"}
 EVAL_EVERY=${EVAL_EVERY:-100}
@@ -47,6 +50,21 @@ if want smoke; then
   # the resumed run must have continued the same log to step 30
   python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; s=[x['step'] for x in r]; print('smoke log steps', s); sys.exit(s[-1] != 30 or 20 not in s)" \
     "$RES/ddp-smoke/log.jsonl" || { echo "ddp smoke: the log does not reach step 30 through the resume"; status=1; }
+fi
+
+if want docs; then
+  for mode in packed padded; do
+    run "docs-$mode" python3 "$T/train.py" --attn retention --docs "$mode" --ctx 1024 --batch 16 --steps "${STEPS_DOCS:-300}" \
+      --eval-every 100 --eval-batches "$EVAL_BATCHES" --log-every 50 --out "$RES/docs-$mode" --cache "$CACHE"
+  done
+  # the last evaluation of each, side by side (the same batches and seed: within bf16 noise)
+  python3 - "$RES/docs-packed/log.jsonl" "$RES/docs-padded/log.jsonl" <<'PY' | tee "$RES/docs-compare.txt" || status=1
+import json, sys
+rows = [[json.loads(l) for l in open(f)] for f in sys.argv[1:]]
+for (a, b) in zip(*rows):
+    print(f"step {a['step']:5d}: val loss packed {a['val_loss']:.4f}, padded {b['val_loss']:.4f}, "
+          f"difference {abs(a['val_loss'] - b['val_loss']):.4f}; tokens/s packed {a['tokens_per_s']}, padded {b['tokens_per_s']}")
+PY
 fi
 
 if want train; then

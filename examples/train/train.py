@@ -50,7 +50,23 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--docs", choices=["window", "packed", "padded"], default="window",
+                   help="window: a window attends across the files it spans; packed: its files are packed sequences "
+                        "(power_retention's cu_seqlens, positions from each file's start); padded: each file's piece a "
+                        "row of its own, padded to ctx (the same loss as packed, up to rounding)")
+    args = p.parse_args(argv)
+    if args.docs == "packed" and args.attn != "retention":
+        p.error("--docs packed needs --attn retention (SDPA takes padded rows: --docs padded)")
+    return args
+
+
+def batch_of(batches, split: str, args, generator):
+    """(x, y, docs) for the model: docs None for --docs window, else (cu_seqlens or None, positions)."""
+    if args.docs == "window":
+        x, y = batches.get(split, args.batch, args.ctx, generator)
+        return x, y, None
+    x, y, cu, positions = batches.get_docs(split, args.batch, args.ctx, generator, args.docs)
+    return x, y, (cu, positions)
 
 
 def lr_at(args, step: int, progress: float) -> float:
@@ -82,9 +98,9 @@ def evaluate(model, batches, args, rank, world, device, amp):
     g = torch.Generator().manual_seed(10_000 + rank)
     total = torch.zeros((), device=device)
     for _ in range(args.eval_batches):
-        x, y = batches.get("val", args.batch, args.ctx, g)
+        x, y, docs = batch_of(batches, "val", args, g)
         with amp():
-            total += model(x, y)[1]
+            total += model(x, y, docs=docs)[1]
     total /= args.eval_batches
     if world > 1:
         dist.all_reduce(total)
@@ -158,7 +174,7 @@ def main():
 
     cache_dir = args.cache or os.path.join(os.path.dirname(os.path.abspath(args.out)), "corpus-cache")
     data, split, meta = load_corpus(cache_dir)
-    batches = Batches(data, split, device)
+    batches = Batches(data, split, device, meta["file_starts"])
     log(f"corpus: {meta['files']} files, {meta['bytes'] / 1e6:.1f} MB ({split / 1e6:.1f} MB train) from {meta['root']}")
     log(f"model: {raw.num_params() / 1e6:.1f} M parameters, {cfg}")
     log(f"{args.attn}: ctx {args.ctx}, batch {args.batch} x {world} GPU(s) = {args.batch * args.ctx * world} tokens/step")
@@ -180,7 +196,7 @@ def main():
         val = evaluate(raw, batches, args, rank, world, device, amp)
         row = {"step": step, "wall_s": round(wall_s, 3), "train_loss": train_loss, "val_loss": val,
                "tokens_per_s": tok_s, "peak_mem_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
-               "attn": cfg.attn, "ctx": args.ctx, "batch": args.batch, "world_size": world}
+               "attn": cfg.attn, "ctx": args.ctx, "batch": args.batch, "world_size": world, "docs": args.docs}
         if main_rank:
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -211,9 +227,9 @@ def main():
         for group in opt.param_groups:
             group["lr"] = lr
 
-        x, y = batches.get("train", args.batch, args.ctx, data_gen)
+        x, y, docs = batch_of(batches, "train", args, data_gen)
         with amp():
-            _, loss = model(x, y)
+            _, loss = model(x, y, docs=docs)
         loss.backward()  # DDP all-reduces the gradients here
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()

@@ -58,13 +58,23 @@ class CorpusTest(unittest.TestCase):
         # 20 files of 100 bytes, written in an order unlike the sorted one
         for i in reversed(range(20)):
             write(self.root, f"m{i:02d}.py", bytes([65 + i]) * 100)
-        data1, split1, files1 = self.data.build_corpus(self.root)
-        data2, split2, files2 = self.data.build_corpus(self.root)
-        self.assertEqual((data1, split1, files1), (data2, split2, files2))
+        data1, split1, files1, starts1 = self.data.build_corpus(self.root)
+        data2, split2, files2, starts2 = self.data.build_corpus(self.root)
+        self.assertEqual((data1, split1, files1, starts1), (data2, split2, files2, starts2))
+        self.assertEqual(starts1, list(range(0, 2000, 100)))
         self.assertEqual(files1, [f"m{i:02d}.py" for i in range(20)])
         self.assertEqual(data1, b"".join(bytes([65 + i]) * 100 for i in range(20)))
         self.assertEqual(split1, 1900)  # 95% of the bytes, the first 19 files; validation the last one
         self.assertEqual(set(data1[split1:]), {65 + 19})
+
+    def test_segments_cut_a_window_at_the_files_it_spans(self):
+        seg = self.data.segments
+        starts = [0, 100, 130, 400]
+        self.assertEqual(seg(0, 64, starts), [64])  # inside the first file
+        self.assertEqual(seg(90, 64, starts), [10, 30, 24])  # files 2 and 3 start at 100 and 130
+        self.assertEqual(seg(100, 30, starts), [30])  # starts with file 2, ends where file 3 starts
+        self.assertEqual(seg(99, 2, starts), [1, 1])
+        self.assertEqual(sum(seg(350, 100, starts)), 100)
 
     def test_split_point_edge_cases(self):
         sp = self.data.split_point
@@ -83,6 +93,7 @@ class CorpusTest(unittest.TestCase):
         with open(os.path.join(cache, bins[0]), "rb") as f:
             self.assertEqual(f.read(), data)  # the cache is the uint8 bytes themselves
         self.assertEqual((meta["files"], meta["bytes"], meta["split"]), (5, len(data), split))
+        self.assertEqual(meta["file_starts"], [0, 9, 27, 54, 90])  # "print(i)\n" is 9 bytes, file i holds i + 1 of them
         self.assertEqual(self.data.load_corpus(cache, self.root)[:2], (data, split))
         with open(os.path.join(cache, bins[0]), "wb") as f:
             f.write(b"damaged")
@@ -149,6 +160,73 @@ class ModelTest(unittest.TestCase):
         self.assertEqual(tuple(x.shape), (3, 16))
         self.assertTrue(torch.equal(x[:, 1:], y[:, :-1]))
         self.assertTrue(torch.equal((x + 1) % 256, y))  # bytes 0..255 repeated: the next byte is x + 1
+
+    def docs_batches(self, device="cpu"):
+        """A corpus of 12 files of 37..170 bytes (so a window of 64 spans several), and its Batches."""
+        data = load_data_module()
+        files = [bytes((7 * i + j) % 256 for j in range(37 + 12 * i)) for i in range(12)]
+        starts = [sum(len(f) for f in files[:i]) for i in range(len(files))]
+        blob = b"".join(files)
+        return data.Batches(blob, len(blob) - len(files[-1]), device, starts), starts
+
+    def test_docs_batches_pack_and_pad_the_same_targets(self):
+        b, starts = self.docs_batches()
+        x0, y0 = b.get("train", 5, 64, torch.Generator().manual_seed(3))
+        xp, yp, cu, pos = b.get_docs("train", 5, 64, torch.Generator().manual_seed(3), "packed")
+        xd, yd, none, posd = b.get_docs("train", 5, 64, torch.Generator().manual_seed(3), "padded")
+        self.assertIsNone(none)
+        # the same windows as get(), cut where files start
+        self.assertTrue(torch.equal(xp, x0.reshape(1, -1)) and torch.equal(yp, y0.reshape(1, -1)))
+        self.assertEqual(cu.dtype, torch.int32)
+        cu = cu.tolist()
+        self.assertEqual((cu[0], cu[-1]), (0, 5 * 64))
+        self.assertGreater(len(cu) - 1, 5)  # windows of 64 over files of 37..170 bytes span several
+        self.assertEqual(len(cu) - 1, xd.shape[0])
+        for i in range(len(cu) - 1):
+            a, n = cu[i], cu[i + 1] - cu[i]
+            self.assertTrue(torch.equal(xd[i, :n], xp[0, a:a + n]) and torch.equal(yd[i, :n], yp[0, a:a + n]), f"piece {i}")
+            self.assertTrue(bool((yd[i, n:] == -1).all()), f"piece {i}: padding is ignored")
+            self.assertTrue(torch.equal(pos[0, a:a + n], torch.arange(n)) and torch.equal(posd[i, :n], torch.arange(n)))
+        # the cuts are where files start inside each window (the same draws as get's)
+        data = load_data_module()
+        w0 = torch.randint(0, len(b.splits["train"]) - 64, (5,), generator=torch.Generator().manual_seed(3)).tolist()
+        want = [0]
+        for r, w in enumerate(w0):
+            for n in data.segments(w, 64, starts):
+                want.append(want[-1] + n)
+        self.assertEqual(cu, want)
+
+    def test_padded_documents_equal_separate_calls(self):
+        # SDPA on the CPU: each padded row's pieces see only themselves, at positions from 0, and the
+        # padding adds nothing to the loss
+        cfg = self.model.GPTConfig(n_layer=2, n_head=2, n_embd=64, attn="sdpa")
+        m = self.model.GPT(cfg).eval()
+        b, _ = self.docs_batches()
+        x, y, _, pos = b.get_docs("train", 3, 64, torch.Generator().manual_seed(5), "padded")
+        logits, loss = m(x, y, docs=(None, pos))
+        total, count = 0.0, 0
+        for i in range(x.shape[0]):
+            n = int((y[i] >= 0).sum())
+            li, _ = m(x[i:i + 1, :n])
+            self.assertLess((li[0] - logits[i, :n]).abs().max().item(), 1e-4, f"row {i}")
+            total += torch.nn.functional.cross_entropy(li[0], y[i, :n], reduction="sum").item()
+            count += n
+        self.assertAlmostEqual(loss.item(), total / count, places=4)
+        with self.assertRaisesRegex(ValueError, "packed documents .* need attn='retention'"):
+            m(x[:1], y[:1], docs=(torch.tensor([0, 64], dtype=torch.int32), pos[:1]))
+
+    def test_retention_packed_documents_match_padded_rows(self):
+        if not torch.cuda.is_available():
+            self.skipTest("torch sees no CUDA device")
+        cfg = self.model.GPTConfig(n_layer=2, n_head=2, n_embd=128, attn="retention")
+        m = self.model.GPT(cfg).cuda()
+        b, _ = self.docs_batches("cuda")
+        losses = {}
+        for mode in ("packed", "padded"):
+            x, y, cu, pos = b.get_docs("train", 4, 64, torch.Generator().manual_seed(9), mode)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                losses[mode] = m(x, y, docs=(cu, pos))[1].item()
+        self.assertLess(abs(losses["packed"] - losses["padded"]), 1e-3 * losses["padded"], losses)
 
     def test_retention_cache_matches_the_forward(self):
         if not torch.cuda.is_available():
