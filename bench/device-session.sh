@@ -3,7 +3,7 @@
 # against the interpreter and the float64 reference, then time ours beside PyTorch SDPA in the same
 # run. Every log goes under $OUT (default ./device-out). Needs node, nvcc, python3 with torch on PATH;
 # a .device/setup.sh beside it, when there is one, is sourced first to provide them.
-# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|binding-profile|sm80|sass|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
+# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|binding-profile|varlen|sm80|sass|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 if [[ -f .device/setup.sh ]]; then source .device/setup.sh > "$OUT/setup.log" 2>&1; fi
@@ -43,6 +43,10 @@ for step in "${@:-all}"; do
       # PY_K: a pytest -k selection (e.g. the tests whose specs a DEV_SPECS build has)
       PYTHONPATH=$PWD/runtime/python timeout ${PY_LIMIT:-240} python3 -m pytest runtime/python/tests -q -rs -s -x ${PY_K:+-k "$PY_K"} > "$OUT/python-tests.log" 2>&1
       echo "python tests rc=$?"; tail -15 "$OUT/python-tests.log" ;;&
+    varlen)
+      # issue 26: a packed call (cu_seqlens) against the same documents padded and one call per document
+      PYTHONPATH=$PWD/runtime/python COMMIT=${COMMIT:-unknown} timeout ${VARLEN_LIMIT:-300} python3 bench/varlen.py "$OUT/varlen.json" > "$OUT/varlen.log" 2>&1
+      echo "varlen rc=$?"; tail -8 "$OUT/varlen.log" ;;
     autotune)
       cp codegen/schedules.json "$OUT/schedules.json"
       timeout ${TUNE_LIMIT:-420} node --import tsx bench/autotune.ts --spec ${TUNE_SPEC:-p2_d64_e64_c128_bf16} --kernels "$TUNE_KERNELS" \
@@ -144,6 +148,6 @@ done
 # loose), leaving beside it the files a caller reads directly (the issue 23 JSON and plot, the
 # autotune and algorithm tables) and session.log, which a caller's tee may still be writing.
 if [[ "${PACK:-1}" == 1 ]]; then
-  ( cd "$OUT" && files=$(ls -A | grep -vE '^(logs\.tgz|session\.log|issue23\.json|issue23\.png|schedules\.json|algorithms\.json)$') \
+  ( cd "$OUT" && files=$(ls -A | grep -vE '^(logs\.tgz|session\.log|issue23\.json|issue23\.png|schedules\.json|algorithms\.json|varlen\.json)$') \
     && [[ -n "$files" ]] && tar czf logs.tgz $files && rm -rf $files && echo "packed $(echo $files | wc -w) files into $OUT/logs.tgz" )
 fi
