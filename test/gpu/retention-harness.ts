@@ -352,6 +352,57 @@ function againstInterpreter(spec: Spec, c: Case): void {
   });
 }
 
+/** Packed sequences (cuSeqlens) on the GPU: each sequence's Y, final state and gradients against the
+ * float64 reference of that sequence alone; boundaries inside a chunk and on an edge, an empty and a
+ * one-token sequence (whose state passes through, and whose dQ, dK are 0: compared absolutely). */
+function packedSequences(spec: Spec): void {
+  const lengths = [spec.chunk + 5, 0, 1, Math.max(2, spec.chunk - 7)];
+  const cu = lengths.reduce((o, n) => [...o, o[o.length - 1]! + n], [0]);
+  const p: Problem = { b: 1, t: cu[cu.length - 1]!, hq: 2, h: 1, d: spec.d, e: spec.e, deg: spec.deg, chunk: spec.chunk, dtype: spec.dtype,
+    scale: 1 / Math.sqrt(spec.d), gated: true, initialState: false, finalState: true };
+  const x = hostInputs({ p, seed: 77 + spec.d }), tol = TOL[p.dtype], D = featureCount(p.d, p.deg);
+  const what = (s: number, k: string): string => `${k} of sequence ${s} (${specKey(spec)}, packed lengths ${lengths.join(", ")})`;
+  scoped((keep) => {
+    const Q = keep(Tensor.upload(x.Q, [1, p.t, p.hq, p.d], p.dtype));
+    const K = keep(Tensor.upload(x.K, [1, p.t, p.h, p.d], p.dtype));
+    const V = keep(Tensor.upload(x.V, [1, p.t, p.h, p.e], p.dtype));
+    const G = keep(Tensor.upload(x.logG!, [1, p.t, p.h], "f32"));
+    const r = powerRetention(Q, K, V, G, { deg: p.deg, chunk: p.chunk, scale: p.scale, cuSeqlens: cu, returnState: true });
+    keep(r.Y);
+    keep(r.state!.S);
+    keep(r.state!.Z);
+    try {
+      const Y = r.Y.download(), S = r.state!.S.download();
+      const grads = powerRetentionBackward(r.saved, keep(Tensor.upload(x.dY, [1, p.t, p.hq, p.e], p.dtype)));
+      for (const k of GRADS) keep(grads[k]);
+      const got = Object.fromEntries(GRADS.map((k) => [k, grads[k]!.download()]));
+      lengths.forEach((n, s) => {
+        const per = p.h * D * p.e, state = S.subarray(s * per, (s + 1) * per);
+        if (n === 0) return expect(state.every((v) => v === 0), what(s, "Sfinal (empty: the zero initial state)")).toBe(true);
+        const rows = (a: Float32Array, row: number): Float32Array => a.slice(cu[s]! * row, cu[s + 1]! * row);
+        const ps: Problem = { ...p, t: n };
+        const one = { Q: rows(x.Q, p.hq * p.d), K: rows(x.K, p.h * p.d), V: rows(x.V, p.h * p.e), logG: rows(x.logG!, p.h) };
+        const ref = referenceForward({ shape: ps, deg: p.deg, scale: p.scale, ...one });
+        record(spec, "packed", "reference", check(rows(Y, p.hq * p.e), ref.Y, tol, what(s, "Y")), `Y ${n} tokens`);
+        record(spec, "packed", "reference", check(state, referenceState(ps, one).S, tol, what(s, "Sfinal")), `Sfinal ${n} tokens`);
+        const g = referenceBackward({ shape: ps, deg: p.deg, scale: p.scale, ...one }, rows(x.dY, p.hq * p.e));
+        const row = { dQ: p.hq * p.d, dK: p.h * p.d, dV: p.h * p.e, dlogG: p.h };
+        for (const k of GRADS) {
+          const out = rows(got[k]!, row[k]);
+          if (n === 1 && k !== "dV") {
+            // y_0 = v_0: dQ, dK and dlogG are 0 up to rounding
+            expect(maxAbsError(out, g[k]!), what(s, k)).toBeLessThanOrEqual(2 * tol);
+            continue;
+          }
+          record(spec, "packed", "reference", check(out, g[k]!, 2 * tol, what(s, k)), `${k} ${n} tokens`);
+        }
+      });
+    } finally {
+      r.saved.free();
+    }
+  });
+}
+
 /** Decode the sequence of `c` in random groups: outputs vs the whole-sequence reference (and, when
  * `cpu`, step by step vs the CPU decode API). */
 function decodeCase(spec: Spec, c: Case, cpu: boolean): void {
@@ -426,6 +477,10 @@ export function defineRetentionGpuTests(dtype: DType): void {
 
         it.skipIf(!INTERP)("forward (initial and final state) and backward (state gradient) vs the interpreter on the same plans", SLOW, () => {
           againstInterpreter(spec, interpCase(spec));
+        });
+
+        it("packed sequences (cuSeqlens): each sequence's Y, final state and gradients vs the float64 reference of it alone", SLOW, () => {
+          packedSequences(spec);
         });
 
         it("a non-finite v: NaN where the reference is not finite, the clean run's values everywhere else (forward and gradients)", SLOW, () => {
