@@ -13,8 +13,8 @@ import { auditKernels, formatAudit } from "./audit.ts";
 import { DEFAULT_SCHEDULES_FILE, DEFAULT_SELECTION, generate, loadSchedules, REPO_ROOT, scheduleForTable, writeGenerated, type Selection } from "./gen.ts";
 import { ARCHS, MANIFEST_FILE, parseManifest, type Arch } from "./manifest.ts";
 import { compileAll, jobsOf, progressLine } from "./nvcc.ts";
-import { fatbinDirs, kernelSearchPath, KERNELS_ENV, projectExtraDir } from "../runtime/search-path.ts";
-import { didYouMean } from "../runtime/suggest.ts";
+import { fatbinDirs, kernelSearchPath, KERNELS_ENV, projectExtraDir } from "../dsl/contract/search-path.ts";
+import { didYouMean } from "../dsl/contract/suggest.ts";
 
 export class UsageError extends Error {}
 
@@ -160,7 +160,7 @@ export function selectionOf(p: Parsed): Selection {
     return s as DType;
   });
   const archs = (arch === undefined ? undefined : items("arch", arch))?.map((s) => {
-    if (!(ARCHS as string[]).includes(s)) throw new UsageError(`--arch: expected ${ARCHS.join(", ")}, received '${s}'`);
+    if (!(ARCHS as readonly string[]).includes(s)) throw new UsageError(`--arch: expected ${ARCHS.join(", ")}, received '${s}'`);
     return s as Arch;
   });
   const names = kernels === undefined || kernels === "all" ? null : items("kernels", kernels);

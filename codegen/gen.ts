@@ -21,7 +21,7 @@ import { homeStep, kernelSymbol, planData, planSchedules } from "./plan-data.ts"
 import { cArgs, tablesUsed } from "./render-cuda.ts";
 import { renderSymPowHeader, symPowHeaderName } from "./render-tables.ts";
 import { renderWgmmaHeader, WGMMA_HEADER, wgmmaKey, wgmmaShapes, type WgmmaShape } from "./render-wgmma.ts";
-import { REPO_ROOT } from "../runtime/package-root.ts";
+import { REPO_ROOT } from "../dsl/contract/package-root.ts";
 
 export { REPO_ROOT };
 const TEMPLATES = path.join(REPO_ROOT, "templates");

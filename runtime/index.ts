@@ -36,7 +36,7 @@ export { Tensor } from "./tensor.ts";
 export { cudaAvailable, type CudaAvailability } from "./device.ts";
 export { ArgumentError, GpuUnavailableError, DEFAULT_CHUNK } from "./validate.ts";
 export { MissingKernelError, genCommand, buildCommand, findKernel, loadManifests } from "./kernels.ts";
-export { KERNELS_ENV, kernelSearchPath, manifestPaths, fatbinDirs, projectRoot, type SearchPlace } from "./search-path.ts";
+export { KERNELS_ENV, kernelSearchPath, manifestPaths, fatbinDirs, projectRoot, type SearchPlace } from "../dsl/contract/search-path.ts";
 export { evalGrid, executeOnGpu, preparePlan, withManifestSchedules } from "./execute-gpu.ts";
 export { f16Bits, bf16Bits, f16Value, bf16Value } from "./convert.ts";
 

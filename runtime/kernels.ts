@@ -11,27 +11,19 @@ import type { Kernel } from "../dsl/ir.ts";
 import { scheduleKey, specKey, type Schedule, type Spec } from "../dsl/spec.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
 import { algorithmKey, chooseChunk, type AlgorithmEntry, type AlgorithmTable, type ChooseChunkArgs } from "../dsl/algorithm.ts";
-import { MANIFEST_FORMAT } from "../codegen/manifest.ts";
+import { genSpecFlags, parseManifest, type ManifestKernel as ManifestEntry } from "../dsl/contract/manifest.ts";
 import { cudaAvailable } from "./device.ts";
-import { DEFAULT_MANIFEST, describeSearchPath, fatbinDirs, kernelSearchPath, projectExtraDir } from "./search-path.ts";
+import { DEFAULT_MANIFEST, describeSearchPath, fatbinDirs, kernelSearchPath, projectExtraDir } from "../dsl/contract/search-path.ts";
 import { loadNative, type DevicePtr, type FunctionHandle, type KernelArg, type ModuleHandle } from "./native.ts";
 
-/** One compiled kernel as the runtime sees it (read from a manifest entry, codegen/manifest.ts). */
-export interface ManifestKernel {
-  readonly name: string;
-  readonly spec: Spec;
-  readonly schedule: Schedule;
-  /** The C symbol (extern "C" __global__). */
-  readonly symbol: string;
+/** One compiled kernel as the runtime sees it: a manifest entry (the contract's ManifestKernel,
+ * dsl/contract/manifest.ts) with its paths resolved and its fatbin located. */
+export interface ManifestKernel extends Pick<ManifestEntry, "name" | "spec" | "schedule" | "symbol" | "threads" | "smemBytes" | "fits"> {
   /** Argument names in the order of the C signature: tensors, then params. */
   readonly args: readonly string[];
-  readonly threads: number;
-  readonly smemBytes: number;
   /** Programs per grid axis as printed DSL expressions (for the staleness check; the runtime
    * evaluates the kernel IR's own grid). */
   readonly grid: readonly string[] | null;
-  /** Whether the dynamic shared memory fits each arch's per-block limit (e.g. { sm_80: true }). */
-  readonly fits: Readonly<Record<string, boolean>>;
   /** The CUDA source's absolute path and hash. */
   readonly source: string;
   readonly hash: string;
@@ -54,7 +46,7 @@ export interface Manifest {
   readonly algorithms: AlgorithmTable;
 }
 
-export { DEFAULT_MANIFEST, manifestPaths, kernelSearchPath, fatbinDirs, KERNELS_ENV } from "./search-path.ts";
+export { DEFAULT_MANIFEST, manifestPaths, kernelSearchPath, fatbinDirs, KERNELS_ENV } from "../dsl/contract/search-path.ts";
 
 /** A path for a command line run from the working directory: relative to it when inside it. */
 function cliPath(p: string): string {
@@ -78,7 +70,7 @@ export function defaultGenCommand(): string {
  */
 export function genCommand(spec: Spec): string {
   const out = cliPath(path.join(projectExtraDir(), specKey(spec)));
-  return `npx retention gen --deg ${spec.deg} --d ${spec.d} --e ${spec.e} --chunk ${spec.chunk} --dtype ${spec.dtype} --out ${out}${buildDirOption()} --compile`;
+  return `npx retention gen ${genSpecFlags(spec)} --out ${out}${buildDirOption()} --compile`;
 }
 
 /** The command that compiles the sources a manifest lists (fatbins into gen's default --build-dir). */
@@ -102,38 +94,25 @@ const sameSpec = (a: Spec, b: Spec): boolean =>
   a.deg === b.deg && a.d === b.d && a.e === b.e && a.chunk === b.chunk && a.dtype === b.dtype;
 const sameSchedule = (a: Schedule, b: Schedule): boolean => scheduleKey(a) === scheduleKey(b);
 
-function parseEntry(raw: Record<string, unknown>, file: string, dirs: readonly string[]): ManifestKernel {
-  const need = <T>(key: string, ok: (v: unknown) => boolean): T => {
-    const v = raw[key];
-    if (!ok(v))
-      throw new Error(
-        `${file}: kernel ${JSON.stringify(raw.symbol ?? raw.name)}: field '${key}' is missing or malformed (${JSON.stringify(v)}); regenerate it with \`npx retention gen\``,
-      );
-    return v as T;
-  };
-  const isObj = (v: unknown): boolean => typeof v === "object" && v !== null;
-  const isNum = (v: unknown): boolean => typeof v === "number" && Number.isFinite(v);
-  const isStr = (v: unknown): boolean => typeof v === "string";
-  const spec = need<Spec>("spec", isObj);
-  const schedule = need<Schedule>("schedule", isObj);
-  const args = need<{ name: string }[]>("args", (v) => Array.isArray(v) && v.every((a) => isObj(a) && isStr((a as { name?: unknown }).name)));
-  const fatbin = need<string>("fatbin", isStr);
-  const candidates = dirs.map((d) => path.resolve(d, fatbin));
+/** A manifest entry (checked against the contract by parseManifest) as the runtime uses it. */
+function entryOf(k: ManifestEntry, file: string, dirs: readonly string[]): ManifestKernel {
+  const { spec, schedule } = k;
+  const candidates = dirs.map((d) => path.resolve(d, k.fatbin));
   return {
-    name: need<string>("name", isStr),
+    name: k.name,
     spec: { deg: spec.deg, d: spec.d, e: spec.e, chunk: spec.chunk, dtype: spec.dtype },
     schedule: {
       numWarps: schedule.numWarps, blockD: schedule.blockD, blockT: schedule.blockT, stages: schedule.stages,
       ...(typeof schedule.minBlocks === "number" && schedule.minBlocks > 1 ? { minBlocks: schedule.minBlocks } : {}),
     },
-    symbol: need<string>("symbol", isStr),
-    args: args.map((a) => a.name),
-    threads: need<number>("threads", isNum),
-    smemBytes: need<number>("smemBytes", isNum),
-    grid: Array.isArray(raw.grid) ? (raw.grid as string[]) : null,
-    fits: (raw.fits as Record<string, boolean> | undefined) ?? {},
-    source: path.resolve(path.dirname(file), need<string>("source", isStr)),
-    hash: (raw.sourceSha256 as string | undefined) ?? "",
+    symbol: k.symbol,
+    args: k.args.map((a) => a.name),
+    threads: k.threads,
+    smemBytes: k.smemBytes,
+    grid: Array.isArray(k.grid) ? k.grid : null,
+    fits: k.fits ?? {},
+    source: path.resolve(path.dirname(file), k.source),
+    hash: k.sourceSha256 ?? "",
     fatbin: candidates.find((f) => existsSync(f)) ?? candidates[0]!,
     fatbinCandidates: candidates,
     manifest: file,
@@ -150,20 +129,12 @@ export function loadManifest(file: string): Manifest {
   const kdirs = dirs.join("\u0000");
   const hit = manifestCache.get(file);
   if (hit && hit.mtimeMs === mtimeMs && hit.kdirs === kdirs) return hit.manifest;
-  let raw: { format?: unknown; archs?: unknown; kernels?: unknown; algorithms?: unknown };
-  try {
-    raw = JSON.parse(readFileSync(file, "utf8"));
-  } catch (e) {
-    throw new Error(`${file}: not valid JSON (${(e as Error).message}); regenerate it with \`npx retention gen\``);
-  }
-  if (raw.format !== MANIFEST_FORMAT)
-    throw new Error(`${file}: manifest format ${JSON.stringify(raw.format)}, this runtime reads format ${MANIFEST_FORMAT}; regenerate it with \`npx retention gen\``);
-  if (!Array.isArray(raw.kernels)) throw new Error(`${file}: expected a 'kernels' list; regenerate it with \`npx retention gen\``);
+  const raw = parseManifest(readFileSync(file, "utf8"), file); // the contract's checks (dsl/contract/manifest.ts)
   const manifest: Manifest = {
     file,
-    archs: Array.isArray(raw.archs) ? (raw.archs as string[]) : [],
-    kernels: raw.kernels.map((k) => parseEntry(k as Record<string, unknown>, file, dirs)),
-    algorithms: typeof raw.algorithms === "object" && raw.algorithms !== null ? (raw.algorithms as AlgorithmTable) : {},
+    archs: raw.archs,
+    kernels: raw.kernels.map((k) => entryOf(k, file, dirs)),
+    algorithms: typeof raw.algorithms === "object" && raw.algorithms !== null ? raw.algorithms : {},
   };
   manifestCache.set(file, { mtimeMs, kdirs, manifest });
   return manifest;

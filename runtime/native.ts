@@ -6,7 +6,7 @@
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
-import { REPO_ROOT } from "./package-root.ts";
+import { REPO_ROOT } from "../dsl/contract/package-root.ts";
 
 /** A device pointer (CUdeviceptr). Offsets are plain BigInt arithmetic: `ptr + 256n`. */
 export type DevicePtr = bigint;

@@ -6,7 +6,7 @@ import { isDType, type DType } from "../dsl/dtype.ts";
 import { MAX_STATE_ELEMENTS } from "../dsl/spec.ts";
 import { featureCount } from "../dsl/sympow.ts";
 import { cudaAvailable } from "./device.ts";
-import { didYouMean } from "./suggest.ts";
+import { didYouMean } from "../dsl/contract/suggest.ts";
 
 /** What validation reads of a tensor (runtime/tensor.ts's Tensor has it). */
 export interface TensorInfo {

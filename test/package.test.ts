@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSyn
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { REPO_ROOT } from "../runtime/package-root.ts";
+import { REPO_ROOT } from "../dsl/contract/package-root.ts";
 
 const PKG = JSON.parse(readFileSync(path.join(REPO_ROOT, "package.json"), "utf8")) as { name: string; version: string; dependencies: Record<string, string> };
 const TMP = mkdtempSync(path.join(tmpdir(), "prt-package-"));

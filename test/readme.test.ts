@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { REPO_ROOT } from "../runtime/package-root.ts";
+import { REPO_ROOT } from "../dsl/contract/package-root.ts";
 
 const read = (f: string): string => readFileSync(path.join(REPO_ROOT, f), "utf8");
 const README = read("README.md");

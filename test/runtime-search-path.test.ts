@@ -13,7 +13,7 @@ import { forwardPlan, type Problem } from "../dsl/plan.ts";
 import { specKey, type Spec } from "../dsl/spec.ts";
 import { preparePlan } from "../runtime/execute-gpu.ts";
 import { checkFatbin, findKernel, loadManifests, MissingKernelError, resolveFatbin } from "../runtime/kernels.ts";
-import { DEFAULT_MANIFEST, kernelSearchPath, manifestPaths, PACKAGE_EXTRA_DIR, PACKAGE_KERNEL_DIR, projectRoot } from "../runtime/search-path.ts";
+import { DEFAULT_MANIFEST, kernelSearchPath, manifestPaths, PACKAGE_EXTRA_DIR, PACKAGE_KERNEL_DIR, projectRoot } from "../dsl/contract/search-path.ts";
 
 const TMP = realpathSync(mkdtempSync(path.join(tmpdir(), "prt-search-path-")));
 const SPEC: Spec = { deg: 2, d: 16, e: 16, chunk: 16, dtype: "f32" };

@@ -2,6 +2,7 @@
 // LIR validator re-checks every choice with them.
 
 import { dtypeBytes } from "../../dsl/dtype.ts";
+import type { Arch } from "../../dsl/contract/manifest.ts";
 import type { LBuffer, LKernel, LStmt, Swizzle, WarpTiling } from "../lir.ts";
 import { bufferOf, isPackedFrag } from "../lir.ts";
 
@@ -154,7 +155,7 @@ export function kRowsPitch(b: LBuffer): number {
 }
 
 /** Shared memory a block may use: sm_90's opt-in limit (sm_80 allows 163 KiB; the manifest says which fit). */
-export const SMEM_LIMIT = { sm_80: 166912, sm_90a: 232448 } as const;
+export const SMEM_LIMIT: Readonly<Record<Arch, number>> = { sm_80: 166912, sm_90a: 232448 };
 export const SMEM_ALIGN = 16;
 /** Extra dynamic shared memory a kernel with swizzled tiles asks for: the block's base is aligned
  * to 1024 bytes at run time (render-cuda.ts), which may skip up to this much. */

@@ -191,6 +191,32 @@ bool read_file(const std::string& path, std::string& out) {
   return true;
 }
 
+// The contract's fields (dsl/contract/manifest.ts KERNEL_FIELDS, PLAN_FIELDS; test/contract.test.ts
+// holds the three readers to the same lists): each kernel entry's and each plan's, with their types.
+struct Field {
+  const char* name;
+  Json::Kind kind;
+  const char* type;
+};
+const Field kKernelFields[] = {{"name", Json::String, "string"}, {"symbol", Json::String, "string"}, {"specKey", Json::String, "string"},
+                               {"spec", Json::Object, "object"},   {"schedule", Json::Object, "object"}, {"args", Json::Array, "array"},
+                               {"threads", Json::Number, "number"}, {"smemBytes", Json::Number, "number"}, {"source", Json::String, "string"},
+                               {"fatbin", Json::String, "string"}};
+const Field kPlanFields[] = {{"kind", Json::String, "string"}, {"spec", Json::String, "string"}, {"flags", Json::Array, "array"},
+                             {"variants", Json::Array, "array"}};
+const char* const kPlanKinds[] = {"forward", "backward", "decode", "forward_varlen", "backward_varlen"};
+
+// "" when `entry` has every field with its type, else what is wrong ("field 'x' is missing, expected a string").
+template <size_t N>
+std::string check_fields(const Json& entry, const Field (&fields)[N]) {
+  if (!entry.is(Json::Object)) return "expected an object";
+  for (const Field& f : fields) {
+    const Json* v = entry.get(f.name);
+    if (!v || !v->is(f.kind)) return std::string("field '") + f.name + "' is " + (v ? "of another type" : "missing") + ", expected a " + f.type;
+  }
+  return "";
+}
+
 int load_manifest(prt_runtime rt, const std::string& file) {
   std::string text, err;
   if (!read_file(file, text)) return set_error(PRT_EIO, "manifest " + file + ": cannot read the file");
@@ -201,15 +227,19 @@ int load_manifest(prt_runtime rt, const std::string& file) {
   if (!fmt || !fmt->is(Json::Number) || fmt->num != 2)
     return set_error(PRT_EIO, "manifest " + file + ": format " + (fmt && fmt->is(Json::Number) ? num_str(fmt->num) : "missing") +
                                   ", this runtime reads format 2; regenerate it with `npx retention gen`");
+  const std::string regen = "; regenerate it with `npx retention gen`";
+  for (const char* list : {"kernels", "plans"}) {
+    const Json* l = doc->get(list);
+    if (!l || !l->is(Json::Array)) return set_error(PRT_EIO, "manifest " + file + ": '" + list + "' is missing or not a list" + regen);
+  }
   const Json* kernels = doc->get("kernels");
   const Json* plans = doc->get("plans");
-  if (!kernels || !kernels->is(Json::Array) || !plans || !plans->is(Json::Array))
-    return set_error(PRT_EIO, "manifest " + file + ": expected 'kernels' and 'plans' lists; regenerate it with `npx retention gen`");
-  for (const Json& k : kernels->items) {
+  for (size_t i = 0; i < kernels->items.size(); ++i) {
+    const Json& k = kernels->items[i];
+    std::string bad = check_fields(k, kKernelFields);
+    if (!bad.empty()) return set_error(PRT_EIO, "manifest " + file + ": kernel " + std::to_string(i) + ": " + bad + regen);
     const Json *sym = k.get("symbol"), *name = k.get("name"), *args = k.get("args"), *thr = k.get("threads"),
                *smem = k.get("smemBytes"), *fat = k.get("fatbin"), *spec = k.get("specKey");
-    if (!sym || !sym->is(Json::String) || !name || !args || !args->is(Json::Array) || !thr || !smem || !fat || !spec)
-      return set_error(PRT_EIO, "manifest " + file + ": a kernel entry lacks symbol, name, args, threads, smemBytes, fatbin or specKey");
     if (rt->kernels.count(sym->str)) continue;
     KernelEntry e;
     e.name = name->str;
@@ -229,9 +259,13 @@ int load_manifest(prt_runtime rt, const std::string& file) {
     }
     rt->kernels.emplace(e.symbol, std::move(e));
   }
-  for (const Json& p : plans->items) {
+  for (size_t i = 0; i < plans->items.size(); ++i) {
+    const Json& p = plans->items[i];
+    std::string bad = check_fields(p, kPlanFields);
+    if (!bad.empty()) return set_error(PRT_EIO, "manifest " + file + ": plan " + std::to_string(i) + ": " + bad + regen);
     const Json *kind = p.get("kind"), *spec = p.get("spec");
-    if (!kind || !spec) return set_error(PRT_EIO, "manifest " + file + ": a plan lacks kind or spec");
+    if (std::find_if(std::begin(kPlanKinds), std::end(kPlanKinds), [&](const char* k) { return kind->str == k; }) == std::end(kPlanKinds))
+      return set_error(PRT_EIO, "manifest " + file + ": plan " + std::to_string(i) + ": kind \"" + kind->str + "\" is not one this runtime reads" + regen);
     rt->plans.emplace(kind->str + "/" + spec->str, PlanDoc{&p, file});
   }
   rt->docs.push_back(std::move(doc));

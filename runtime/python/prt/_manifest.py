@@ -13,6 +13,24 @@ from functools import lru_cache
 
 MANIFEST_FORMAT = 2
 
+# The contract's fields (dsl/contract/manifest.ts KERNEL_FIELDS, PLAN_FIELDS, PLAN_KINDS;
+# test/contract.test.ts holds the three readers to the same lists): each kernel entry's and plan's.
+KERNEL_FIELDS = {"name": "string", "symbol": "string", "specKey": "string", "spec": "object", "schedule": "object", "args": "array",
+                 "threads": "number", "smemBytes": "number", "source": "string", "fatbin": "string"}
+PLAN_FIELDS = {"kind": "string", "spec": "string", "flags": "array", "variants": "array"}
+PLAN_KINDS = ("forward", "backward", "decode", "forward_varlen", "backward_varlen")
+_JSON_TYPES = {"string": str, "object": dict, "array": list, "number": (int, float)}
+
+
+def _check_fields(file: str, what: str, entry, fields: dict) -> None:
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{file}: {what}: expected an object, received {entry!r}; regenerate it with `npx retention gen`")
+    for name, t in fields.items():
+        v = entry.get(name)
+        if v is None or not isinstance(v, _JSON_TYPES[t]) or (t == "number" and isinstance(v, bool)):
+            state = "missing" if v is None else f"a {type(v).__name__}"
+            raise ManifestError(f"{file}: {what}: field '{name}' is {state}, expected a {t}; regenerate it with `npx retention gen`")
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -88,12 +106,23 @@ def _load(file: str, mtime: float) -> Manifest:
             raw = json.load(f)
     except (OSError, ValueError) as e:
         raise ManifestError(f"{file}: cannot read the manifest ({e}); regenerate it with `npx retention gen`") from e
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{file}: expected a JSON object; regenerate it with `npx retention gen`")
     if raw.get("format") != MANIFEST_FORMAT:
         raise ManifestError(f"{file}: manifest format {raw.get('format')!r}, this package reads format {MANIFEST_FORMAT}; "
                             "regenerate it with `npx retention gen`")
+    for key in ("kernels", "plans"):
+        if not isinstance(raw.get(key), list):
+            raise ManifestError(f"{file}: '{key}' is missing or not a list; regenerate it with `npx retention gen`")
+    for i, k in enumerate(raw["kernels"]):
+        _check_fields(file, f"kernel {i}", k, KERNEL_FIELDS)
+    for i, p in enumerate(raw["plans"]):
+        _check_fields(file, f"plan {i}", p, PLAN_FIELDS)
+        if p["kind"] not in PLAN_KINDS:
+            raise ManifestError(f"{file}: plan {i}: kind {p['kind']!r} is not one this package reads; regenerate it with `npx retention gen`")
     plans, specs = {}, []
-    by_key = {k["specKey"]: k["spec"] for k in raw.get("kernels", [])}
-    for p in raw.get("plans", []):
+    by_key = {k["specKey"]: k["spec"] for k in raw["kernels"]}
+    for p in raw["plans"]:
         plans[(p["kind"], p["spec"])] = p
         s = by_key.get(p["spec"])
         if s and p["kind"] == "forward":

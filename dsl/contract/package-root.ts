@@ -1,5 +1,5 @@
-// The package's root folder, from wherever this module runs: the source tree (runtime/*.ts under
-// tsx) or the compiled one (dist/runtime/*.js). Data the code reads at run time (templates/,
+// The package's root folder, from wherever this module runs: the source tree (dsl/contract/*.ts under
+// tsx) or the compiled one (dist/dsl/contract/*.js). Data the code reads at run time (templates/,
 // generated/, build/, codegen/schedules.json, dsl/kernels sources for the audit) lives beside
 // package.json, not beside the compiled files.
 

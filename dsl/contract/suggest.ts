@@ -1,5 +1,5 @@
 // "did you mean ...?" for a name that is not one of the known ones: the TS API's options
-// (validate.ts, checkOptionNames) and the command line's (codegen/cli.ts) both ask here.
+// (runtime/validate.ts, checkOptionNames) and the command line's (codegen/cli.ts) both ask here.
 
 /** Edit distance with adjacent transpositions (optimal string alignment): "chnuk" is 1 from "chunk". */
 export function editDistance(a: string, b: string): number {
