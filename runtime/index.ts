@@ -38,6 +38,7 @@ export { ArgumentError, GpuUnavailableError, DEFAULT_CHUNK } from "./validate.ts
 export { MissingKernelError, genCommand, buildCommand, findKernel, loadManifests } from "./kernels.ts";
 export { KERNELS_ENV, kernelSearchPath, manifestPaths, fatbinDirs, projectRoot, type SearchPlace } from "../dsl/contract/search-path.ts";
 export { evalGrid, executeOnGpu, preparePlan, withManifestSchedules } from "./execute-gpu.ts";
+export { NativeRuntime, NativePlan, loadNativePlans, BUF_INPUT, BUF_OUTPUT, BUF_TEMP, type NativeProblem, type NativeBuffer } from "./native-plans.ts";
 export { f16Bits, bf16Bits, f16Value, bf16Value } from "./convert.ts";
 
 /** A recurrent state: S [b, h, D, e] and Z [b, h, D], f32 (D = binomial(d + deg - 1, deg)). */

@@ -63,7 +63,7 @@ function compileFixture(): Promise<string | undefined> {
 
 describe("native addon", () => {
   it("loads without a GPU and exposes the runtime functions", () => {
-    expect(native.abiVersion).toBe(1);
+    expect(native.abiVersion).toBe(2); // 2: the plan executor (runtime/native-plans.ts)
     for (const f of [
       "init", "lastError", "driverVersion", "deviceCount", "deviceName", "deviceComputeCapability",
       "deviceSmCount", "deviceAttribute", "memAlloc", "memFree", "memInfo", "memcpyHtoD", "memcpyDtoH",

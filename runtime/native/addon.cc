@@ -392,6 +392,148 @@ Napi::Value EventDestroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// ---- retention plans (core.h "Retention plans": the one executor every language runs) -------------
+
+std::string str_arg(const Napi::CallbackInfo& info, size_t i, const std::string& what) {
+  if (!info[i].IsString()) type_error(info.Env(), what + " must be a string");
+  return info[i].As<Napi::String>().Utf8Value();
+}
+
+// runtimeOpen(manifests, kernelDir) -> runtime
+Napi::Value RuntimeOpen(const Napi::CallbackInfo& info) {
+  want_args(info, 2, "runtimeOpen");
+  std::string manifests = str_arg(info, 0, "runtimeOpen: manifests"), kdir = str_arg(info, 1, "runtimeOpen: kernelDir");
+  prt_runtime rt = nullptr;
+  check(info.Env(), prt_runtime_open(&rt, manifests.c_str(), kdir.c_str()));
+  return from_handle(info.Env(), rt);
+}
+
+Napi::Value RuntimeClose(const Napi::CallbackInfo& info) {
+  want_args(info, 1, "runtimeClose");
+  prt_runtime_close(handle<prt_runtime>(info.Env(), info[0], "runtimeClose: runtime"));
+  return info.Env().Undefined();
+}
+
+// planCreate(runtime, kind, [deg, d, e, chunk, dtype], {b, t, hq, h, len0, scale, gated, initialState, finalState, ns, nc}) -> plan
+Napi::Value PlanCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  want_args(info, 4, "planCreate");
+  auto rt = handle<prt_runtime>(env, info[0], "planCreate: runtime");
+  std::string kind = str_arg(info, 1, "planCreate: kind");
+  if (!info[2].IsArray() || info[2].As<Napi::Array>().Length() != 5) type_error(env, "planCreate: spec must be [deg, d, e, chunk, dtype]");
+  auto spec = info[2].As<Napi::Array>();
+  int dims[4];
+  const char* names[4] = {"deg", "d", "e", "chunk"};
+  for (uint32_t i = 0; i < 4; ++i) dims[i] = static_cast<int>(to_int(env, spec.Get(i), std::string("planCreate: spec.") + names[i], 0, 1 << 30));
+  if (!spec.Get(4u).IsString()) type_error(env, "planCreate: spec.dtype must be a string");
+  std::string dtype = spec.Get(4u).As<Napi::String>().Utf8Value();
+  if (!info[3].IsObject()) type_error(env, "planCreate: problem must be an object");
+  auto o = info[3].As<Napi::Object>();
+  auto num = [&](const char* k, double dflt) {
+    Napi::Value v = o.Get(k);
+    if (v.IsUndefined()) return dflt;
+    if (!v.IsNumber()) type_error(env, std::string("planCreate: problem.") + k + " must be a number");
+    return v.As<Napi::Number>().DoubleValue();
+  };
+  auto flag = [&](const char* k) {
+    Napi::Value v = o.Get(k);
+    if (v.IsUndefined()) return 0;
+    if (!v.IsBoolean()) type_error(env, std::string("planCreate: problem.") + k + " must be a boolean");
+    return v.As<Napi::Boolean>().Value() ? 1 : 0;
+  };
+  prt_problem p{};
+  p.b = static_cast<int64_t>(num("b", 0));
+  p.t = static_cast<int64_t>(num("t", 0));
+  p.hq = static_cast<int64_t>(num("hq", 0));
+  p.h = static_cast<int64_t>(num("h", 0));
+  p.len0 = static_cast<int64_t>(num("len0", 0));
+  p.scale = num("scale", 0);
+  p.gated = flag("gated");
+  p.initial_state = flag("initialState");
+  p.final_state = flag("finalState");
+  p.ns = static_cast<int64_t>(num("ns", 0));
+  p.nc = static_cast<int64_t>(num("nc", 0));
+  prt_plan plan = nullptr;
+  check(env, prt_plan_create(&plan, rt, kind.c_str(), dims[0], dims[1], dims[2], dims[3], dtype.c_str(), &p));
+  return from_handle(env, plan);
+}
+
+Napi::Value PlanDestroy(const Napi::CallbackInfo& info) {
+  want_args(info, 1, "planDestroy");
+  prt_plan_destroy(handle<prt_plan>(info.Env(), info[0], "planDestroy: plan"));
+  return info.Env().Undefined();
+}
+
+// planBuffers(plan) -> [{name, dtype, shape, bytes, role, offset}]
+Napi::Value PlanBuffers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  want_args(info, 1, "planBuffers");
+  auto plan = handle<prt_plan>(env, info[0], "planBuffers: plan");
+  int n = prt_plan_buffer_count(plan);
+  auto out = Napi::Array::New(env, static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    prt_buffer_info b{};
+    check(env, prt_plan_buffer(plan, i, &b));
+    auto o = Napi::Object::New(env);
+    o.Set("name", Napi::String::New(env, b.name));
+    o.Set("dtype", Napi::String::New(env, b.dtype));
+    auto shape = Napi::Array::New(env, static_cast<size_t>(b.ndim));
+    for (int d = 0; d < b.ndim; ++d) shape.Set(static_cast<uint32_t>(d), Napi::Number::New(env, static_cast<double>(b.shape[d])));
+    o.Set("shape", shape);
+    o.Set("bytes", Napi::Number::New(env, static_cast<double>(b.bytes)));
+    o.Set("role", Napi::Number::New(env, b.role));
+    o.Set("offset", Napi::Number::New(env, static_cast<double>(b.offset)));
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
+// planWorkspaceBytes(plan, outputsToo) -> bytes
+Napi::Value PlanWorkspaceBytes(const Napi::CallbackInfo& info) {
+  want_args(info, 2, "planWorkspaceBytes");
+  auto plan = handle<prt_plan>(info.Env(), info[0], "planWorkspaceBytes: plan");
+  return Napi::Number::New(info.Env(), static_cast<double>(prt_plan_workspace_bytes(plan, info[1].ToBoolean().Value() ? 1 : 0)));
+}
+
+// planSteps(plan) -> ["symbol grid=(x,y,z) block=n smem=n", ...]
+Napi::Value PlanSteps(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  want_args(info, 1, "planSteps");
+  auto plan = handle<prt_plan>(env, info[0], "planSteps: plan");
+  int n = prt_plan_step_count(plan);
+  auto out = Napi::Array::New(env, static_cast<size_t>(n));
+  std::vector<char> buf(512);
+  for (int i = 0; i < n; ++i) {
+    check(env, prt_plan_step_describe(plan, i, buf.data(), buf.size()));
+    out.Set(static_cast<uint32_t>(i), Napi::String::New(env, buf.data()));
+  }
+  return out;
+}
+
+Napi::Value PlanPrepare(const Napi::CallbackInfo& info) {
+  want_args(info, 1, "planPrepare");
+  check(info.Env(), prt_plan_prepare(handle<prt_plan>(info.Env(), info[0], "planPrepare: plan")));
+  return info.Env().Undefined();
+}
+
+// planRun(plan, stream, ptrs: bigint[] (one per buffer, 0n where none), workspace, workspaceBytes, flags)
+Napi::Value PlanRun(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  want_args(info, 6, "planRun");
+  auto plan = handle<prt_plan>(env, info[0], "planRun: plan");
+  uint64_t stream = to_u64(env, info[1], "planRun: stream");
+  if (!info[2].IsArray()) type_error(env, "planRun: ptrs must be an array of BigInt device pointers");
+  auto arr = info[2].As<Napi::Array>();
+  std::vector<prt_devptr> ptrs(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); ++i) ptrs[i] = to_u64(env, arr.Get(i), "planRun: ptrs[" + std::to_string(i) + "]");
+  uint64_t ws = to_u64(env, info[3], "planRun: workspace");
+  uint64_t ws_bytes = to_size(env, info[4], "planRun: workspaceBytes");
+  auto flags = static_cast<unsigned>(to_int(env, info[5], "planRun: flags", 0, 255));
+  check(env, prt_plan_run(plan, reinterpret_cast<void*>(static_cast<uintptr_t>(stream)), ptrs.empty() ? nullptr : ptrs.data(),
+                          static_cast<int>(ptrs.size()), ws, ws_bytes, flags));
+  return env.Undefined();
+}
+
 Napi::Object Register(Napi::Env env, Napi::Object exports) {
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
     exports.Set(name, Napi::Function::New(env, f, name));
@@ -424,7 +566,16 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
   fn("eventRecord", EventRecord);
   fn("eventElapsedMs", EventElapsedMs);
   fn("eventDestroy", EventDestroy);
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  fn("runtimeOpen", RuntimeOpen);
+  fn("runtimeClose", RuntimeClose);
+  fn("planCreate", PlanCreate);
+  fn("planDestroy", PlanDestroy);
+  fn("planBuffers", PlanBuffers);
+  fn("planWorkspaceBytes", PlanWorkspaceBytes);
+  fn("planSteps", PlanSteps);
+  fn("planPrepare", PlanPrepare);
+  fn("planRun", PlanRun);
+  exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }
 
