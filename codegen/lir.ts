@@ -12,7 +12,7 @@
 //     maps that define them (lower/fuse-operands.ts): those tiles have no bytes anywhere.
 
 import type { DType, TensorDType } from "../dsl/dtype.ts";
-import type { BufferDecl, Expr, Kernel, ParamDecl, Slice, Stmt, TensorDecl, TileType } from "../dsl/ir.ts";
+import { exprChildren, type BufferDecl, type Expr, type Kernel, type ParamDecl, type Slice, type Stmt, type TensorDecl, type TileType } from "../dsl/ir.ts";
 
 /** How the output of an mma is split over the warps of a block: units of 16 rows x (8 * nt)
  * columns, unit u going to warp u % warps; lane l of a warp owns the m16n8 accumulator elements
@@ -260,61 +260,15 @@ export function walkStmts(body: readonly LStmt[], f: (s: LStmt, loops: readonly 
 
 /** Tiles read by an expression. */
 export function exprReads(e: Expr, out: Set<string> = new Set()): Set<string> {
-  switch (e.op) {
-    case "read":
-      out.add(e.buf);
-      e.index.forEach((i) => exprReads(i, out));
-      break;
-    case "unary":
-    case "cast":
-    case "pow":
-      exprReads(e.a, out);
-      break;
-    case "binary":
-      exprReads(e.a, out);
-      exprReads(e.b, out);
-      break;
-    case "select":
-      exprReads(e.cond, out);
-      exprReads(e.a, out);
-      exprReads(e.b, out);
-      break;
-    case "any":
-      exprReads(e.pred, out);
-      break;
-    default:
-      break;
-  }
+  if (e.op === "read") out.add(e.buf);
+  for (const c of exprChildren(e)) exprReads(c, out);
   return out;
 }
 
 /** Every read node of an expression (to check how a tile is indexed). */
 export function readNodes(e: Expr, out: Extract<Expr, { op: "read" }>[] = []): Extract<Expr, { op: "read" }>[] {
-  switch (e.op) {
-    case "read":
-      out.push(e);
-      e.index.forEach((i) => readNodes(i, out));
-      break;
-    case "unary":
-    case "cast":
-    case "pow":
-      readNodes(e.a, out);
-      break;
-    case "binary":
-      readNodes(e.a, out);
-      readNodes(e.b, out);
-      break;
-    case "select":
-      readNodes(e.cond, out);
-      readNodes(e.a, out);
-      readNodes(e.b, out);
-      break;
-    case "any":
-      readNodes(e.pred, out);
-      break;
-    default:
-      break;
-  }
+  if (e.op === "read") out.push(e);
+  for (const c of exprChildren(e)) readNodes(c, out);
   return out;
 }
 

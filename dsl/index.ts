@@ -5,6 +5,7 @@
 // writing and checking kernels
 export { traceKernel, KernelBuilder, Val, Tile, TensorRef, TableRef, Range, range, i32, f32, bool, select, max, min, type Scalar, type MapIndex } from "./builder.ts";
 export type { Kernel, Stmt, Expr, Slice, Space, TileType, BufferDecl, TensorDecl, ParamDecl, UnaryFn, BinaryFn } from "./ir.ts";
+export { exprChildren, mapExprChildren } from "./ir.ts";
 export { validateKernel, assertValid } from "./validate.ts";
 export { printKernel, printExpr } from "./print.ts";
 export { interpret, tensorDims, type KernelArgs } from "./interpret.ts";

@@ -63,6 +63,52 @@ export type Expr =
    * together (one vote per element). Only as the condition of an `if`. */
   | { readonly op: "any"; readonly shape: readonly number[]; readonly pred: Expr };
 
+/** The sub-expressions of e in order (a tile read's indices, a fetch's index, the operands, a vote's
+ * predicate): the one place that knows the shape of the expression tree, for every pass that only
+ * walks it (validate's checks, the LIR's read sets, loop-variable substitution). */
+export function exprChildren(e: Expr): readonly Expr[] {
+  switch (e.op) {
+    case "read":
+      return e.index;
+    case "fetch":
+      return [e.index];
+    case "unary":
+    case "cast":
+    case "pow":
+      return [e.a];
+    case "binary":
+      return [e.a, e.b];
+    case "select":
+      return [e.cond, e.a, e.b];
+    case "any":
+      return [e.pred];
+    default:
+      return [];
+  }
+}
+
+/** e with each sub-expression c (exprChildren's) replaced by f(c). */
+export function mapExprChildren(e: Expr, f: (c: Expr) => Expr): Expr {
+  switch (e.op) {
+    case "read":
+      return { ...e, index: e.index.map(f) };
+    case "fetch":
+      return { ...e, index: f(e.index) };
+    case "unary":
+    case "cast":
+    case "pow":
+      return { ...e, a: f(e.a) };
+    case "binary":
+      return { ...e, a: f(e.a), b: f(e.b) };
+    case "select":
+      return { ...e, cond: f(e.cond), a: f(e.a), b: f(e.b) };
+    case "any":
+      return { ...e, pred: f(e.pred) };
+    default:
+      return e;
+  }
+}
+
 /** One tensor dimension of a load or store: a single index, or a range that becomes a tile axis. */
 export type Slice =
   | { readonly kind: "at"; readonly at: Expr }

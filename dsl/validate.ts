@@ -1,7 +1,7 @@
 // The validator: every structural rule of the IR, checked between stages. It returns the list of
 // problems (empty = valid) so a pass can report them all at once; `assertValid` throws them.
 
-import type { BufferDecl, Expr, ExprType, Kernel, Slice, Stmt } from "./ir.ts";
+import { exprChildren, type BufferDecl, type Expr, type ExprType, type Kernel, type Slice, type Stmt } from "./ir.ts";
 
 interface Scope {
   readonly kernel: Kernel;
@@ -167,23 +167,9 @@ export function validateKernel(k: Kernel): string[] {
 }
 
 
-/** Whether some node of e satisfies `at` (a tile read's indices and an `any`'s predicate are not entered). */
+/** Whether some node of e satisfies `at` (an `any`'s predicate is not entered: the vote is uniform). */
 function someNode(e: Expr, at: (x: Expr) => boolean): boolean {
-  if (at(e)) return true;
-  switch (e.op) {
-    case "unary":
-    case "cast":
-    case "pow":
-      return someNode(e.a, at);
-    case "binary":
-      return someNode(e.a, at) || someNode(e.b, at);
-    case "select":
-      return someNode(e.cond, at) || someNode(e.a, at) || someNode(e.b, at);
-    case "fetch":
-      return someNode(e.index, at);
-    default:
-      return false;
-  }
+  return at(e) || (e.op !== "any" && exprChildren(e).some((c) => someNode(c, at)));
 }
 
 /** Whether e depends on the element (a tile read, row or col): not program-uniform. */

@@ -5,7 +5,7 @@
 // iteration i+stages-1 before waiting for its own (cp.async.wait_group stages-1), so the copies
 // overlap the compute of the iterations before.
 
-import type { Expr, Slice } from "../../dsl/ir.ts";
+import { mapExprChildren, type Expr, type Slice } from "../../dsl/ir.ts";
 import { bodiesOf, exprReads, stmtAccess, walkStmts, withBodies, type LKernel, type LStmt } from "../lir.ts";
 
 type Load = Extract<LStmt, { kind: "load" }>;
@@ -23,26 +23,8 @@ function bin(fn: "add" | "sub" | "idiv" | "mod" | "lt", a: Expr, b: Expr): Expr 
 
 /** e with loop variable `name` replaced by `by`. */
 export function substituteVar(e: Expr, name: string, by: Expr): Expr {
-  switch (e.op) {
-    case "var":
-      return e.name === name ? by : e;
-    case "read":
-      return { ...e, index: e.index.map((i) => substituteVar(i, name, by)) };
-    case "fetch":
-      return { ...e, index: substituteVar(e.index, name, by) };
-    case "unary":
-    case "cast":
-    case "pow":
-      return { ...e, a: substituteVar(e.a, name, by) };
-    case "binary":
-      return { ...e, a: substituteVar(e.a, name, by), b: substituteVar(e.b, name, by) };
-    case "select":
-      return { ...e, cond: substituteVar(e.cond, name, by), a: substituteVar(e.a, name, by), b: substituteVar(e.b, name, by) };
-    case "any":
-      return { ...e, pred: substituteVar(e.pred, name, by) };
-    default:
-      return e;
-  }
+  if (e.op === "var") return e.name === name ? by : e;
+  return mapExprChildren(e, (c) => substituteVar(c, name, by));
 }
 
 const substSlices = (ss: readonly Slice[], name: string, by: Expr): Slice[] =>
