@@ -14,12 +14,17 @@
 // (test/backward.test.ts): for dQ, dK and dlogG at least 1e-3 ||dV_ref||, and under strong gates at
 // least the same inputs' ungated gradient's norm.
 //
+// --states f32,bf16 (issue 24 item 2): the same under each storage of the per-chunk states: f32 as
+// the kernels keep them, or the state each chunk reads and its contribution (forward Sin, Zin, dS,
+// dZ; backward dSin, dZin, ddS, ddZ) rounded to that dtype where a step writes them, every sum still
+// f32 (the peer's and flash-linear-attention's bf16 chunk states). The decoder is not run then.
+//
 // Usage: node --import tsx bench/precision.ts [--configs p2_d32,p2_d64,p4_d16] [--dtypes f16,bf16]
-//          [--policies split,all-single,...] [--seeds 2] [--json out.json]
+//          [--policies split,all-single,...] [--states f32,bf16] [--seeds 2] [--json out.json]
 
 import { writeFileSync } from "node:fs";
 import { roundArray, type DType } from "../dsl/dtype.ts";
-import { executeOnCpu } from "../dsl/execute-cpu.ts";
+import { executeOnCpu, type CpuRunOptions } from "../dsl/execute-cpu.ts";
 import { overrideStateSplit, STATE_SITES, stateSplit, type StateSite } from "../dsl/kernels/common.ts";
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { createDecodeState, decodeStepOnCpu } from "../dsl/plan-decode.ts";
@@ -197,12 +202,27 @@ function referenceOf(c: Case): Ref {
   return { Y: fwd.Y, grads, den };
 }
 
-/** Forward then backward plans (as backwardOnCpu, keeping Y). */
-function runPlans(c: Case): { Y: Float32Array; dQ: Float32Array; dK: Float32Array; dV: Float32Array; dlogG: Float32Array } {
+/** The per-chunk state buffers of the chunked plans (what --states rounds). */
+const STATE_BUFFERS = ["dS", "dZ", "Sin", "Zin", "dSin", "dZin", "ddS", "ddZ"];
+
+/** Round the per-chunk states a step wrote to `dtype` (f32: nothing). */
+const storeStates = (dtype: DType): CpuRunOptions =>
+  dtype === "f32" ? {} : {
+    afterStep: (step, mem) => {
+      for (const name of new Set(Object.values(step.bind)))
+        if (STATE_BUFFERS.includes(name)) {
+          const m = mem.get(name)!;
+          m.set(roundArray(m, dtype));
+        }
+    },
+  };
+
+/** Forward then backward plans (as backwardOnCpu, keeping Y), the per-chunk states stored as `states`. */
+function runPlans(c: Case, states: DType = "f32"): { Y: Float32Array; dQ: Float32Array; dK: Float32Array; dV: Float32Array; dlogG: Float32Array } {
   const p = c.problem;
   const given = planInputs(p, { Q: c.Q, K: c.K, V: c.V, ...(c.logG ? { logG: c.logG } : {}), dY: c.dY }, ["dY"]);
-  const fwd = executeOnCpu(forwardPlan(p), given);
-  const bwd = executeOnCpu(backwardPlan(p), { ...given, ...fwd });
+  const fwd = executeOnCpu(forwardPlan(p), given, storeStates(states));
+  const bwd = executeOnCpu(backwardPlan(p), { ...given, ...fwd }, storeStates(states));
   return { Y: fwd.Y!, dQ: bwd.dQ!, dK: bwd.dK!, dV: bwd.dV!, dlogG: bwd.dlogG! };
 }
 
@@ -254,6 +274,7 @@ function main(): void {
   const seeds = Number(arg("seeds", "2"));
   const only = arg("policies", "");
   const jsonOut = arg("json", "");
+  const storages = arg("states", "f32").split(",") as DType[];
   const decodePolicies = new Set(["split", "update_state.phi", "fwd-single", "all-single", "table"]);
   const results: { policy: string; config: string; dtype: DType; out: Out; err: number; where: string; runs: number }[] = [];
   const t0 = Date.now();
@@ -273,8 +294,9 @@ function main(): void {
             cases.push(makeCase(problem, kind, 1000 * ki + 17 * s + cfg.deg * 7 + cfg.d));
           }
       const refs = cases.map(referenceOf);
-      for (const [pname, pol] of policies(dtype)) {
-        if (only && !only.split(",").includes(pname)) continue;
+      for (const [pname0, pol] of policies(dtype)) for (const states of storages) {
+        if (only && !only.split(",").includes(pname0)) continue;
+        const pname = states === "f32" ? pname0 : `${pname0}, ${states} states`;
         overrideStateSplit(pol === "table" ? null : pol);
         const worst = new Map<Out, Worst & { runs: number }>();
         const note = (o: Out, err: number, where: string): void => {
@@ -285,10 +307,10 @@ function main(): void {
         };
         for (const [i, c] of cases.entries()) {
           const r = refs[i]!;
-          const got = runPlans(c);
+          const got = runPlans(c, states);
           note("Y", Math.sqrt(sumSq(got.Y, r.Y) / sumSq(r.Y)), c.label);
           for (const g of ["dQ", "dK", "dV", "dlogG"] as const) note(g, Math.sqrt(sumSq(got[g], r.grads[g])) / r.den[g], c.label);
-          if (decodePolicies.has(pname)) {
+          if (decodePolicies.has(pname0) && states === "f32") {
             const de = decodeError(c, r.Y);
             if (de !== null) note("decode", de, c.label);
           }

@@ -3,7 +3,7 @@
 
 import { roundArray } from "./dtype.ts";
 import { interpret } from "./interpret.ts";
-import { numel, stepKernel, type Plan } from "./plan-types.ts";
+import { numel, stepKernel, type Plan, type PlanStep } from "./plan-types.ts";
 
 /** An input given for a buffer the plan fills itself (logG of an ungated plan: zeros) would be
  * ignored; the error says so (shared with the GPU executor). */
@@ -11,8 +11,15 @@ export function notReadError(name: string, init: "nan" | "zeros"): string {
   return `plan input '${name}': given, but the plan does not read it (it starts as ${init === "zeros" ? "zeros" : "NaN, an output"}${name === "logG" ? ": the problem is not gated" : ""}); leave it out`;
 }
 
+/** Options of executeOnCpu: `afterStep` sees every buffer (by name) after each step, for
+ * measurements that change what a step leaves in memory (bench/precision.ts --states: per-chunk
+ * states stored in bf16). */
+export interface CpuRunOptions {
+  readonly afterStep?: (step: PlanStep, buffers: ReadonlyMap<string, Float32Array>) => void;
+}
+
 /** Inputs are rounded to their buffer's dtype on the way in (the caller may pass float64 data). */
-export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLike<number>>>): Record<string, Float32Array> {
+export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLike<number>>>, opts: CpuRunOptions = {}): Record<string, Float32Array> {
   const mem = new Map<string, Float32Array>();
   for (const b of plan.buffers) {
     const n = numel(b.shape);
@@ -35,6 +42,7 @@ export function executeOnCpu(plan: Plan, inputs: Readonly<Record<string, ArrayLi
       tensors[t.name] = mem.get(name)!;
     }
     interpret(k, { tensors, params: s.params });
+    opts.afterStep?.(s, mem);
   }
   return Object.fromEntries(plan.outputs.map((o) => [o, mem.get(o)!]));
 }
