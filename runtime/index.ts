@@ -13,7 +13,7 @@ import { checkCuSeqlens, varlenBackwardPlan, varlenForwardPlan, varlenTables, ty
 import { numel } from "../dsl/plan-types.ts";
 import { cudaAvailable, DeviceBuffer } from "./device.ts";
 import { autoChunk } from "./kernels.ts";
-import { executeOnGpu, preparePlan, withManifestSchedules, type BufferSource } from "./execute-gpu.ts";
+import { executeOnGpu, preparedPlan, preparePlan, withManifestSchedules, type BufferSource } from "./execute-gpu.ts";
 import { Tensor } from "./tensor.ts";
 import { encode } from "./convert.ts";
 import {
@@ -37,7 +37,7 @@ export { cudaAvailable, type CudaAvailability } from "./device.ts";
 export { ArgumentError, GpuUnavailableError, DEFAULT_CHUNK } from "./validate.ts";
 export { MissingKernelError, genCommand, buildCommand, findKernel, loadManifests } from "./kernels.ts";
 export { KERNELS_ENV, kernelSearchPath, manifestPaths, fatbinDirs, projectRoot, type SearchPlace } from "../dsl/contract/search-path.ts";
-export { evalGrid, executeOnGpu, preparePlan, withManifestSchedules } from "./execute-gpu.ts";
+export { evalGrid, executeOnGpu, preparedPlan, preparePlan, withManifestSchedules } from "./execute-gpu.ts";
 export { NativeRuntime, NativePlan, loadNativePlans, BUF_INPUT, BUF_OUTPUT, BUF_TEMP, type NativeProblem, type NativeBuffer } from "./native-plans.ts";
 export { f16Bits, bf16Bits, f16Value, bf16Value } from "./convert.ts";
 
@@ -148,11 +148,12 @@ export function powerRetention(Q: Tensor, K: Tensor, V: Tensor, logG: Tensor | n
     finalState: opts.returnState === true,
   };
   const problem: Problem | VarlenProblem = cu ? { ...dense, cuSeqlens: cu } : dense;
-  const { built: plan, schedules } = withManifestSchedules((s) => (isVarlen(problem) ? varlenForwardPlan(problem, s) : forwardPlan(problem, s)), (x) => x, opts.schedules);
+  const { built: plan, schedules, steps } = preparedPlan(JSON.stringify(["forward", problem]),
+    (s) => (isVarlen(problem) ? varlenForwardPlan(problem, s) : forwardPlan(problem, s)), (x) => x, opts.schedules, { caller: fn, argOf: CALL_SIZES });
   const out = withTables(problem, (tables) => executeOnGpu(
     plan,
     { ...gpuInputs({ Q, K, V, logG, S0: opts.initialState?.S, Z0: opts.initialState?.Z }), ...tables },
-    { syncEachLaunch: opts.syncEachLaunch, caller: fn, argOf: CALL_SIZES, inputArg: { S0: "opts.initialState.S", Z0: "opts.initialState.Z" } },
+    { syncEachLaunch: opts.syncEachLaunch, caller: fn, argOf: CALL_SIZES, inputArg: { S0: "opts.initialState.S", Z0: "opts.initialState.Z" }, prepared: steps },
   ));
   const Y = wrap(out, plan, "Y");
   const lse = wrap(out, plan, "lse");
@@ -222,7 +223,9 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
   // is the state's part of y, not the y the quadratic backward reads there; its state gradient is
   // zero when none is given.
   const problem: Problem = fwd;
-  const { built: plan } = withManifestSchedules((s) => (isVarlen(problem) ? varlenBackwardPlan(problem, s) : backwardPlan(problem, s)), (x) => x, saved.schedules);
+  const argOf = { ...CALL_SIZES, b: "dY", t: "dY", n: "dY", hq: "dY", h: "saved.K" };
+  const { built: plan, steps } = preparedPlan(JSON.stringify(["backward", problem]),
+    (s) => (isVarlen(problem) ? varlenBackwardPlan(problem, s) : backwardPlan(problem, s)), (x) => x, saved.schedules, { caller: fn, argOf });
   const zeroGrad = fwd.finalState && !dState ? zeroStateOf(plan) : null;
   const inputs = gpuInputs({
     Q: saved.Q, K: saved.K, V: saved.V, logG: saved.logG,
@@ -237,7 +240,7 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
   let out: ReturnType<typeof executeOnGpu>;
   try {
     out = withTables(problem, (tables) => executeOnGpu(plan, { ...inputs, ...tables }, { syncEachLaunch: saved.syncEachLaunch, caller: fn,
-      argOf: { ...CALL_SIZES, b: "dY", t: "dY", n: "dY", hq: "dY", h: "saved.K" },
+      argOf, prepared: steps,
       inputArg: { ...Object.fromEntries(Object.keys(inputs).map((k) => [k, `saved.${k}`])), S0: "saved.initialState.S", Z0: "saved.initialState.Z", dY: "dY", dSfinal: "opts.dState.S", dZfinal: "opts.dState.Z" },
     }));
   } finally {
@@ -402,8 +405,10 @@ export class Decoder {
     if (s.dtype !== p.dtype) throw new ArgumentError(fn, "Q", `expected dtype ${p.dtype} (the decoder's), received ${s.dtype}`);
     if (p.gated && !logG) throw new ArgumentError(fn, "logG", "expected a [b, tn, h] f32 tensor (the decoder is gated), received null");
     if (!p.gated && logG) throw new ArgumentError(fn, "logG", "expected null (the decoder was created with gated: false), received a tensor");
-    const { plan, len } = decodePlan(p, this.#len, s.t, this.schedules);
-    const out = executeOnGpu(plan, { ...gpuInputs({ Q: q, K: k, V: v, logG }), ...bufs }, { caller: fn, argOf: { ...DECODER_SIZES, tn: "Q" } });
+    const argOf = { ...DECODER_SIZES, tn: "Q" };
+    const { built: { plan, len }, steps } = preparedPlan(JSON.stringify(["decode", p, this.#len, s.t]), (sch) => decodePlan(p, this.#len, s.t, sch), (x) => x.plan,
+      this.schedules, { caller: fn, argOf });
+    const out = executeOnGpu(plan, { ...gpuInputs({ Q: q, K: k, V: v, logG }), ...bufs }, { caller: fn, argOf, prepared: steps });
     this.#len = len;
     return wrap(out, plan, "Y");
   }

@@ -121,6 +121,11 @@ function entryOf(k: ManifestEntry, file: string, dirs: readonly string[]): Manif
 }
 
 const manifestCache = new Map<string, { mtimeMs: number; kdirs: string; manifest: Manifest }>();
+let generation = 0;
+
+/** A number that changes whenever a manifest is (re)read: what a cache of plans checked against the
+ * manifests keys on (runtime/execute-gpu.ts preparedPlan), after a loadManifests(). */
+export const manifestGeneration = (): number => generation;
 
 /** One manifest file, parsed (re-read when it changes). */
 export function loadManifest(file: string): Manifest {
@@ -137,6 +142,7 @@ export function loadManifest(file: string): Manifest {
     algorithms: typeof raw.algorithms === "object" && raw.algorithms !== null ? raw.algorithms : {},
   };
   manifestCache.set(file, { mtimeMs, kdirs, manifest });
+  generation++;
   return manifest;
 }
 

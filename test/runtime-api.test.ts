@@ -7,7 +7,7 @@
 // the tests do not depend on what generated/ holds.
 
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import fc from "fast-check";
@@ -22,7 +22,7 @@ import { featureCount } from "../dsl/sympow.ts";
 import { ensureNativeAddon } from "../runtime/build-native.ts";
 import { decode, encode } from "../runtime/convert.ts";
 import { cudaAvailable } from "../runtime/device.ts";
-import { evalGrid, executeOnGpu, preparePlan } from "../runtime/execute-gpu.ts";
+import { evalGrid, executeOnGpu, preparedPlan, preparePlan } from "../runtime/execute-gpu.ts";
 import {
   ArgumentError,
   bf16Bits,
@@ -423,6 +423,22 @@ describe("kernel lookup in the manifest", () => {
     expect(e.message).toBe(
       `the fatbin of kernel query_state (${k.symbol}) is missing: ${path.join(KDIR, "p2_d16_e16_c16_f16.fatbin")} does not exist; compile it with \`npx retention build --out ${GEN} --build-dir ${KDIR}\``,
     );
+  });
+
+  it("remembers a checked plan per problem until a manifest changes, and never a plan that failed its checks", () => {
+    const key = JSON.stringify(["forward", problem]);
+    const a = preparedPlan(key, (s) => forwardPlan(problem, s), (x) => x);
+    expect(preparedPlan(key, (s) => forwardPlan(problem, s), (x) => x)).toBe(a); // the second call builds and checks nothing
+    expect(a.steps.map((st) => st.kernel.name)).toEqual(forwardPlan(problem).steps.map((st) => st.kernel.name));
+    const other = JSON.stringify(["forward", { ...problem, t: problem.t + 1 }]);
+    expect(preparedPlan(other, (s) => forwardPlan({ ...problem, t: problem.t + 1 }, s), (x) => x)).not.toBe(a);
+    // the manifest is rewritten (a regeneration): the plan is checked again against it
+    const later = new Date(Date.now() + 5_000);
+    utimesSync(MANIFEST, later, later);
+    expect(preparedPlan(key, (s) => forwardPlan(problem, s), (x) => x)).not.toBe(a);
+    // a spec the manifest lacks fails every time, not only the first
+    const missing = { ...problem, d: 48, e: 48 };
+    for (let i = 0; i < 2; i++) expect(() => preparedPlan(JSON.stringify(["forward", missing]), (s) => forwardPlan(missing, s), (x) => x)).toThrow(MissingKernelError);
   });
 
   it("a manifest that disagrees with the DSL kernel (arguments, grid, block) is reported as stale", () => {
