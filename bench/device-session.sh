@@ -3,7 +3,7 @@
 # against the interpreter and the float64 reference, then time ours beside PyTorch SDPA in the same
 # run. Every log goes under $OUT (default ./device-out). Needs node, nvcc, python3 with torch on PATH;
 # a .device/setup.sh beside it, when there is one, is sourced first to provide them.
-# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|binding-profile|varlen|sm80|sass|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
+# Usage: bash bench/device-session.sh [tests|python|bench|autotune|checks|attn|algorithms|issue23|binding-profile|api-overhead|varlen|sm80|sass|ncu|all]...   env: TS="4096 16384 65536" CHUNKS="128"
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
 if [[ -f .device/setup.sh ]]; then source .device/setup.sh > "$OUT/setup.log" 2>&1; fi
@@ -43,6 +43,10 @@ for step in "${@:-all}"; do
       # PY_K: a pytest -k selection (e.g. the tests whose specs a DEV_SPECS build has)
       PYTHONPATH=$PWD/runtime/python timeout ${PY_LIMIT:-240} python3 -m pytest runtime/python/tests -q -rs -s -x ${PY_K:+-k "$PY_K"} > "$OUT/python-tests.log" 2>&1
       echo "python tests rc=$?"; tail -15 "$OUT/python-tests.log" ;;&
+    api-overhead)
+      # issue 25 item 5: the TS API per call against its launches alone, and Decoder.step's device and host time
+      REPS=${REPS:-20} timeout ${API_LIMIT:-300} node --import tsx bench/api-overhead.ts ${API_SHAPES:-1:4096 1:16384 16:1024} > "$OUT/api-overhead.log" 2>&1
+      echo "api-overhead rc=$?"; tail -12 "$OUT/api-overhead.log" ;;
     varlen)
       # issue 26: a packed call (cu_seqlens) against the same documents padded and one call per document
       PYTHONPATH=$PWD/runtime/python COMMIT=${COMMIT:-unknown} timeout ${VARLEN_LIMIT:-300} python3 bench/varlen.py "$OUT/varlen.json" > "$OUT/varlen.log" 2>&1
