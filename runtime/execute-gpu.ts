@@ -1,7 +1,10 @@
 // Run a plan (dsl/plan-types.ts) on the GPU: the twin of dsl/execute-cpu.ts. The plan says which
 // buffers exist and which kernel launches fill them; this file only allocates, binds, launches and
-// hands the outputs back. 'nan' buffers are poisoned with POISON_NAN (so an element no kernel
-// writes reads back as NaN), 'zeros' buffers are zeroed, 'input' buffers are the caller's.
+// hands the outputs back. 'zeros' buffers are zeroed, 'input' buffers are the caller's, and 'nan'
+// buffers (written by the plan before they are read) are poisoned with POISON_NAN when asked
+// (opts.poison, or env PRT_POISON=1: the GPU tests do, so an element no kernel writes reads back as
+// NaN) and otherwise left as allocated: poisoning is a memset of every output and temporary, 1.1 GB
+// of per-chunk states for a 1 x 16384 forward, as the Python binding runs by default too.
 //
 // Everything that can be checked without the GPU (kernel lookup in the manifest, bindings, sizes,
 // the caller's inputs) is checked before the first allocation.
@@ -120,6 +123,8 @@ export interface GpuRunOptions {
   readonly onLaunch?: (what: string) => void;
   /** The plan's steps as preparePlan checked them (preparedPlan); else they are checked here. */
   readonly prepared?: readonly PreparedStep[];
+  /** Fill the 'nan' buffers with NaN first (default: env PRT_POISON=1). */
+  readonly poison?: boolean;
 }
 
 /** A launch, fully resolved before anything runs. */
@@ -226,6 +231,7 @@ export function executeOnGpu(
   // ---- on the GPU ----------------------------------------------------------------------------
   const native = loadNative();
   const fns = prepared.map((p) => loadKernel(p.entry));
+  const poison = opts.poison ?? process.env.PRT_POISON === "1";
   const mem = new Map<string, DeviceBuffer>();
   const owned: [string, DeviceBuffer][] = [];
   let ok = false;
@@ -238,8 +244,8 @@ export function executeOnGpu(
       const buf = DeviceBuffer.alloc(numel(b.shape) * dtypeBytes(b.dtype));
       owned.push([b.name, buf]);
       mem.set(b.name, buf);
-      if (b.init === "nan") buf.poison();
-      else buf.zero();
+      if (b.init === "zeros") buf.zero();
+      else if (poison) buf.poison();
     }
     prepared.forEach((p, i) => {
       launchKernel(fns[i]!, p.entry, p.kernel, p.grid, p.step.params, (t) => mem.get(p.step.bind[t]!)!.ptr, p.what);

@@ -191,11 +191,12 @@ const savedEnv = { PRT_MANIFEST: process.env.PRT_MANIFEST, PRT_KERNEL_DIR: proce
 const API_D = 16;
 
 describe("powerRetention with opts.cuSeqlens (interpreter stand-in for the GPU)", () => {
+  let device: ReturnType<typeof installInterpDevice>;
   beforeAll(() => {
     const dir = path.join(TMP, "generated");
     writeGenerated(dir, generate({ selection: { degs: [2], ds: [API_D], es: null, chunks: [C], dtypes: ["f32", "bf16"], archs: ["sm_80", "sm_90a"], kernels: null } }));
     process.env.PRT_MANIFEST = path.join(dir, "manifest.json");
-    installInterpDevice(); // before anything loads the addon in this process
+    device = installInterpDevice(); // before anything loads the addon in this process
   }, 60_000);
   afterAll(() => {
     for (const [k, v] of Object.entries(savedEnv)) {
@@ -229,6 +230,26 @@ describe("powerRetention with opts.cuSeqlens (interpreter stand-in for the GPU)"
     expectIdentical(g.dInitialState!.S.download(), gw.dS0!, "dS0");
     expectIdentical(g.dInitialState!.Z.download(), gw.dZ0!, "dZ0");
   }, 120_000);
+
+  it("poisons the plan's outputs and temporaries only when asked (PRT_POISON=1)", () => {
+    const t = 20, z = (shape: number[]): Tensor => Tensor.zeros(shape, "f32");
+    const Q = z([1, t, 1, API_D]), K = z([1, t, 1, API_D]), V = z([1, t, 1, API_D]);
+    const saved = process.env.PRT_POISON;
+    try {
+      for (const [env, poisons] of [[undefined, false], ["1", true]] as const) {
+        if (env === undefined) delete process.env.PRT_POISON;
+        else process.env.PRT_POISON = env;
+        const before = device.poisoned;
+        const r = powerRetention(Q, K, V, null, { chunk: C, cuSeqlens: [0, 7, 20] });
+        expect(device.poisoned > before, `PRT_POISON=${env}`).toBe(poisons);
+        r.Y.free();
+        r.saved.free();
+      }
+    } finally {
+      if (saved === undefined) delete process.env.PRT_POISON;
+      else process.env.PRT_POISON = saved;
+    }
+  });
 
   it("errors name opts.cuSeqlens, Q (b > 1) and the per-sequence state", () => {
     const t = 20, D = featureCount(API_D, 2);

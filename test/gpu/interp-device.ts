@@ -18,6 +18,7 @@ import { interpret, tensorDims } from "../../dsl/interpret.ts";
 import type { Kernel } from "../../dsl/ir.ts";
 import { KERNELS } from "../../dsl/kernels/index.ts";
 import { decode, encode } from "../../runtime/convert.ts";
+import { POISON_NAN } from "../../runtime/device.ts";
 import { evalGrid } from "../../runtime/execute-gpu.ts";
 import { loadManifests, type ManifestKernel } from "../../runtime/kernels.ts";
 import type { KernelArg, PrtNative } from "../../runtime/native.ts";
@@ -43,6 +44,8 @@ interface Fn {
 export interface InterpDeviceStats {
   launches: number;
   allocated: number;
+  /** memsets with the NaN pattern (runtime/device.ts POISON_NAN): buffers poisoned. */
+  poisoned: number;
   readonly perKernel: Map<string, number>;
 }
 
@@ -118,6 +121,7 @@ function makeDevice(stats: InterpDeviceStats): PrtNative {
       const [r, off] = at("cuMemsetD32", dst, 4 * n);
       const dv = new DataView(r.bytes.buffer, r.bytes.byteOffset);
       for (let i = 0; i < n; i++) dv.setUint32(off + 4 * i, value >>> 0, true);
+      if (value >>> 0 === POISON_NAN >>> 0) stats.poisoned++;
     },
     moduleLoad(file) {
       if (!existsSync(file)) throw new MockCudaError(`module load of ${file} failed: cannot open file`);
@@ -234,7 +238,7 @@ function makeDevice(stats: InterpDeviceStats): PrtNative {
  * folder, and points PRT_KERNEL_DIR there. Returns launch statistics.
  */
 export function installInterpDevice(): InterpDeviceStats {
-  const stats: InterpDeviceStats = { launches: 0, allocated: 0, perKernel: new Map() };
+  const stats: InterpDeviceStats = { launches: 0, allocated: 0, poisoned: 0, perKernel: new Map() };
   const dir = mkdtempSync(path.join(tmpdir(), "prt-interp-device-"));
   const addon = path.join(dir, "interp-device.cjs");
   (globalThis as Record<string, unknown>).__prtInterpDevice = makeDevice(stats);

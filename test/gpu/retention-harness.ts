@@ -35,6 +35,8 @@ import { fcSeed, rng, uniform, workPerToken } from "../helpers/problems.ts";
 import { referenceState } from "../helpers/state.ts";
 import { installInterpDevice } from "./interp-device.ts";
 
+// every buffer a kernel must write starts as NaN (runtime/execute-gpu.ts poisons only when asked)
+process.env.PRT_POISON ??= "1";
 const MOCK = process.env.PRT_GPU_MOCK === "1";
 if (MOCK) installInterpDevice();
 const gpu = cudaAvailable();
