@@ -33,7 +33,7 @@ import {
   type KernelMiss,
   type ManifestKernel,
 } from "./kernels.ts";
-import { loadNative } from "./native.ts";
+import { loadNative, type DevicePtr } from "./native.ts";
 import { ArgumentError, requireGpu } from "./validate.ts";
 
 /** Programs per grid axis of `k` for these params: its grid expressions, evaluated as the interpreter does. */
@@ -105,6 +105,25 @@ export function preparedPlan<T>(
   if (preparedCache.size >= 512) preparedCache.clear(); // sizes can vary without end
   preparedCache.set(k, prepared);
   return prepared;
+}
+
+// The temporaries of every plan run here live in one device buffer kept between calls (grown when a
+// plan needs more): an allocation and a free per temporary per call cost more host time than a
+// small problem's kernels. Every call ends synchronized, so the next one may reuse it at once.
+let workspace: DeviceBuffer | null = null;
+
+function workspaceOf(bytes: number): DeviceBuffer {
+  if (workspace && workspace.bytes >= bytes) return workspace;
+  workspace?.free();
+  workspace = null;
+  workspace = DeviceBuffer.alloc(Math.max(bytes, 256));
+  return workspace;
+}
+
+/** Free the workspace the plans' temporaries share (it holds the largest plan's temporaries so far). */
+export function releaseWorkspace(): void {
+  workspace?.free();
+  workspace = null;
 }
 
 export interface GpuRunOptions {
@@ -194,8 +213,8 @@ export function preparePlan(plan: Plan, names?: { readonly caller: string; reado
  * Run `plan` on the GPU. `inputs` gives a device buffer (or Tensor) for every 'input' buffer of the
  * plan, of the buffer's size and dtype; kernels that write an input buffer update it in place.
  * Returns the plan's outputs (and `keep`) by name: buffers allocated here belong to the caller from
- * then on; an output that is an input is returned as the caller's own buffer. Every other buffer
- * allocated here is freed before returning, on success and on error.
+ * then on; an output that is an input is returned as the caller's own buffer. The temporaries live
+ * in the shared workspace (releaseWorkspace frees it); an output allocated here is freed on error.
  */
 export function executeOnGpu(
   plan: Plan,
@@ -233,22 +252,37 @@ export function executeOnGpu(
   const fns = prepared.map((p) => loadKernel(p.entry));
   const poison = opts.poison ?? process.env.PRT_POISON === "1";
   const mem = new Map<string, DeviceBuffer>();
+  const ptr = new Map<string, DevicePtr>();
   const owned: [string, DeviceBuffer][] = [];
+  // temporaries: 256-aligned places in the shared workspace
+  const temps = plan.buffers.filter((b) => b.init !== "input" && !handBack.has(b.name));
+  const offsets: number[] = [];
+  let total = 0;
+  for (const b of temps) offsets.push(total), (total += Math.ceil((numel(b.shape) * dtypeBytes(b.dtype)) / 256) * 256);
   let ok = false;
   try {
+    const ws = workspaceOf(total);
+    temps.forEach((b, i) => {
+      const p = ws.ptr + BigInt(offsets[i]!), bytes = numel(b.shape) * dtypeBytes(b.dtype);
+      ptr.set(b.name, p);
+      if (bytes && b.init === "zeros") native.memsetD8(p, 0, bytes);
+      else if (bytes && poison) native.memsetD8(p, 0xff, bytes); // POISON_NAN: every byte 0xff
+    });
     for (const b of plan.buffers) {
       if (b.init === "input") {
         mem.set(b.name, bufferOf(inputs[b.name]!));
         continue;
       }
+      if (!handBack.has(b.name)) continue;
       const buf = DeviceBuffer.alloc(numel(b.shape) * dtypeBytes(b.dtype));
       owned.push([b.name, buf]);
       mem.set(b.name, buf);
       if (b.init === "zeros") buf.zero();
       else if (poison) buf.poison();
     }
+    for (const [name, buf] of mem) ptr.set(name, buf.ptr);
     prepared.forEach((p, i) => {
-      launchKernel(fns[i]!, p.entry, p.kernel, p.grid, p.step.params, (t) => mem.get(p.step.bind[t]!)!.ptr, p.what);
+      launchKernel(fns[i]!, p.entry, p.kernel, p.grid, p.step.params, (t) => ptr.get(p.step.bind[t]!)!, p.what);
       if (opts.syncEachLaunch) native.synchronize();
       opts.onLaunch?.(`${p.what} grid=(${p.grid}) block=${p.entry.threads} smem=${p.entry.smemBytes}`);
     });

@@ -37,7 +37,7 @@ export { cudaAvailable, type CudaAvailability } from "./device.ts";
 export { ArgumentError, GpuUnavailableError, DEFAULT_CHUNK } from "./validate.ts";
 export { MissingKernelError, genCommand, buildCommand, findKernel, loadManifests } from "./kernels.ts";
 export { KERNELS_ENV, kernelSearchPath, manifestPaths, fatbinDirs, projectRoot, type SearchPlace } from "../dsl/contract/search-path.ts";
-export { evalGrid, executeOnGpu, preparedPlan, preparePlan, withManifestSchedules } from "./execute-gpu.ts";
+export { evalGrid, executeOnGpu, preparedPlan, preparePlan, releaseWorkspace, withManifestSchedules } from "./execute-gpu.ts";
 export { NativeRuntime, NativePlan, loadNativePlans, BUF_INPUT, BUF_OUTPUT, BUF_TEMP, type NativeProblem, type NativeBuffer } from "./native-plans.ts";
 export { f16Bits, bf16Bits, f16Value, bf16Value } from "./convert.ts";
 

@@ -610,7 +610,7 @@ describe("the GPU runtime path, end to end, on the interpreter stand-in device",
     const at = (f: string): string => JSON.stringify(path.join(REPO_ROOT, f));
     const script = `
 import { installInterpDevice } from ${at("test/gpu/interp-device.ts")};
-import { powerRetention, powerRetentionBackward, Tensor, Decoder } from ${at("runtime/index.ts")};
+import { powerRetention, powerRetentionBackward, Tensor, Decoder, releaseWorkspace } from ${at("runtime/index.ts")};
 import { withManifestSchedules } from ${at("runtime/execute-gpu.ts")};
 import { forwardPlan } from ${at("dsl/plan.ts")};
 import { backwardPlan } from ${at("dsl/plan-backward.ts")};
@@ -712,6 +712,9 @@ for (const [name, b, t, hq, h, dtype, gated, init, ret, noDState] of [
   results.prefill = Math.sqrt(num / den);
 }
 for (const t of made) t.free();
+const held = stats.allocated;
+releaseWorkspace();
+results.workspace = held - stats.allocated; // the temporaries' shared buffer, kept between calls
 results.leaked = stats.allocated;
 results.launches = stats.launches;
 results.kernels = [...stats.perKernel.keys()].sort();
@@ -732,6 +735,7 @@ console.log(JSON.stringify(results));
     expect(r.decodeFreed).toMatch(/Decoder.step: decoder: expected a live decoder, received one that was freed/);
     expect(r.prefill).toBeLessThan(1e-5); // decode after a prefill = the whole sequence's forward (f32)
     expect(r.leaked).toBe(0);
+    expect(r.workspace).toBe(1); // one shared buffer for every call's temporaries
     expect(r.kernels).toEqual([
       "attention", "attention_bwd_dkv", "attention_bwd_dkv_y", "attention_bwd_dq", "attention_bwd_dq_y", "attention_bwd_prep",
       "attention_bwd_prep_y", "attention_y", "cache_append", "combine_grads", "decode", "discounted_cumsum", "discounted_cumsum_bwd",
