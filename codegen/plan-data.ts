@@ -15,7 +15,7 @@ import { tensorDims } from "../dsl/interpret.ts";
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodeBuffers, decodeFold, decodeSegments, decodeSegmentSteps, type DecodeProblem } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem, type ScheduleTable } from "../dsl/plan.ts";
-import { varlenBackwardPlan, varlenForwardPlan, varlenLayout } from "../dsl/plan-varlen.ts";
+import { offsetsOf, varlenBackwardPlan, varlenForwardPlan, varlenLayout } from "../dsl/plan-varlen.ts";
 import { numel, stepKernel, type Plan, type PlanBuffer, type PlanStep } from "../dsl/plan-types.ts";
 import { scheduleKey, specKey, type KernelDef, type Schedule, type Spec } from "../dsl/spec.ts";
 import { KERNELS } from "../dsl/kernels/index.ts";
@@ -159,8 +159,6 @@ function varlenProbes(chunk: number): { lengths: number[]; vars: Record<string, 
     return { lengths, vars: { ...base[i]!, t: lengths.reduce((x, y) => x + y, 0), ns: lay.ns, nc: lay.nc } };
   });
 }
-
-const offsetsOf = (lengths: readonly number[]): number[] => lengths.reduce((cu, l) => [...cu, cu[cu.length - 1]! + l], [0]);
 
 function problemOf(spec: Spec, v: Readonly<Record<string, number>>, flags: Readonly<Record<string, number>>): Problem {
   return {

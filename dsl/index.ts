@@ -21,6 +21,6 @@ export { backwardPlan, backwardOnCpu, type BackwardInputs, type BackwardOutputs 
 export { decodePlan, createDecodeState, decodeStepOnCpu, type DecodeProblem, type DecodeState, type DecodeInputs } from "./plan-decode.ts";
 export { executeOnCpu } from "./execute-cpu.ts";
 export {
-  varlenForwardPlan, varlenBackwardPlan, varlenForwardOnCpu, varlenBackwardOnCpu, varlenLayout, checkCuSeqlens,
+  varlenForwardPlan, varlenBackwardPlan, varlenForwardOnCpu, varlenBackwardOnCpu, varlenLayout, varlenTables, offsetsOf, VARLEN_TABLES, checkCuSeqlens,
   type VarlenProblem, type VarlenLayout, type VarlenForwardOutputs, type VarlenBackwardOutputs,
 } from "./plan-varlen.ts";

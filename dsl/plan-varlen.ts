@@ -57,6 +57,12 @@ export function checkCuSeqlens(
   return out;
 }
 
+/** The offsets of sequences of these lengths packed back to back: [0, l0, l0 + l1, ...]. */
+export const offsetsOf = (lengths: readonly number[]): number[] => lengths.reduce((cu, l) => [...cu, cu[cu.length - 1]! + l], [0]);
+
+/** The names of the varlen plans' table inputs (varlenTables' keys). */
+export const VARLEN_TABLES = ["chunkSrc", "chunkLen", "seqChunk"] as const;
+
 export function varlenLayout(cu: readonly number[], chunk: number): VarlenLayout {
   const chunkSrc: number[] = [], chunkLen: number[] = [], seqChunk: number[] = [];
   for (let s = 0; s + 1 < cu.length; s++) {
@@ -175,8 +181,6 @@ export function varlenBackwardPlan(p: VarlenProblem, sched: ScheduleTable = {}):
   return withoutUnusedBuffers(plan);
 }
 
-const TABLES = ["chunkSrc", "chunkLen", "seqChunk"];
-
 export interface VarlenForwardOutputs {
   readonly Y: Float32Array; // [1, t, hq, e], values of the dtype
   readonly Sfinal?: Float32Array; // [ns, h, D, e], when problem.finalState
@@ -185,7 +189,7 @@ export interface VarlenForwardOutputs {
 
 /** Run the packed forward through the interpreter. */
 export function varlenForwardOnCpu(p: VarlenProblem, inputs: ForwardInputs, sched: ScheduleTable = {}): VarlenForwardOutputs {
-  const out = executeOnCpu(varlenForwardPlan(p, sched), planInputs(p, { ...inputs, ...varlenTables(p) }, TABLES));
+  const out = executeOnCpu(varlenForwardPlan(p, sched), planInputs(p, { ...inputs, ...varlenTables(p) }, VARLEN_TABLES));
   return { Y: out.Y!, ...(p.finalState ? { Sfinal: out.Sfinal!, Zfinal: out.Zfinal! } : {}) };
 }
 
@@ -200,7 +204,7 @@ export interface VarlenBackwardOutputs {
 
 /** Run the packed forward, then the packed backward, through the interpreter. */
 export function varlenBackwardOnCpu(p: VarlenProblem, inputs: BackwardInputs, sched: ScheduleTable = {}): VarlenBackwardOutputs {
-  const given = planInputs(p, { ...inputs, ...varlenTables(p) }, ["dY", ...TABLES], [["dSfinal", "finalState"], ["dZfinal", "finalState"]]);
+  const given = planInputs(p, { ...inputs, ...varlenTables(p) }, ["dY", ...VARLEN_TABLES], [["dSfinal", "finalState"], ["dZfinal", "finalState"]]);
   const fwd = executeOnCpu(varlenForwardPlan(p, sched), given);
   const { Y: _y, Sfinal: _s, Zfinal: _z, ...saved } = fwd;
   const out = executeOnCpu(varlenBackwardPlan(p, sched), { ...given, ...saved });

@@ -9,7 +9,7 @@ import type { DType, TensorDType } from "../dsl/dtype.ts";
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodePlan, decodeStateBuffers, type DecodeProblem, type DecodeState } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem, type ScheduleTable } from "../dsl/plan.ts";
-import { checkCuSeqlens, varlenBackwardPlan, varlenForwardPlan, varlenTables, type VarlenProblem } from "../dsl/plan-varlen.ts";
+import { checkCuSeqlens, VARLEN_TABLES, varlenBackwardPlan, varlenForwardPlan, varlenTables, type VarlenProblem } from "../dsl/plan-varlen.ts";
 import { numel } from "../dsl/plan-types.ts";
 import { cudaAvailable, DeviceBuffer } from "./device.ts";
 import { autoChunk } from "./kernels.ts";
@@ -233,7 +233,7 @@ export function powerRetentionBackward(saved: RetentionSaved, dY: Tensor, opts: 
     Y: saved.Y, lse: saved.lse, yS: saved.yS, wS: saved.wS, Sin: saved.Sin, Zin: saved.Zin, dY,
     dSfinal: dState?.S ?? zeroGrad?.S, dZfinal: dState?.Z ?? zeroGrad?.Z,
   });
-  const tableNames = isVarlen(problem) ? Object.keys(varlenTables(problem)) : [];
+  const tableNames: readonly string[] = isVarlen(problem) ? VARLEN_TABLES : [];
   for (const b of plan.buffers)
     if (b.init === "input" && !inputs[b.name] && !tableNames.includes(b.name))
       throw new Error(`${fn}: the backward plan reads '${b.name}', which the forward did not keep (a plan mismatch)`);

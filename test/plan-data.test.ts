@@ -13,7 +13,7 @@ import { homeStep, instantiatePlan, kernelSymbol, planData, planSchedules, type 
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodePlan } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem, type ScheduleTable } from "../dsl/plan.ts";
-import { varlenBackwardPlan, varlenForwardPlan, varlenLayout } from "../dsl/plan-varlen.ts";
+import { offsetsOf, varlenBackwardPlan, varlenForwardPlan, varlenLayout } from "../dsl/plan-varlen.ts";
 import { stepKernel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
 import { checkSpec, specKey, type Spec } from "../dsl/spec.ts";
 import { evalGrid } from "../runtime/execute-gpu.ts";
@@ -68,7 +68,7 @@ function checkSpecPlans(spec: Spec, plans: readonly ManifestPlan[], sched: Sched
   const c = spec.chunk;
   for (const lengths of [[1], [c], [3, 0, c + 1], [c - 1, 1, 2 * c, 0], [5 * c + 3, 7, c]])
     for (const f of FLAGS) {
-      const cu = lengths.reduce((o, l) => [...o, o[o.length - 1]! + l], [0]);
+      const cu = offsetsOf(lengths);
       const s = { hq: 4, h: 2, scale: 0.4 };
       const p = { ...s, b: 1, t: cu[cu.length - 1]!, d: spec.d, e: spec.e, deg: spec.deg, chunk: c, dtype: spec.dtype, gated: !!f.gated, initialState: !!f.initialState, finalState: !!f.finalState, cuSeqlens: cu };
       const lay = varlenLayout(cu, c);

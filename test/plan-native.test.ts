@@ -15,7 +15,7 @@ import { DEFAULT_SCHEDULES_FILE, DEFAULT_SELECTION, loadSchedules, scheduleForTa
 import { backwardPlan } from "../dsl/plan-backward.ts";
 import { decodePlan } from "../dsl/plan-decode.ts";
 import { forwardPlan, type Problem } from "../dsl/plan.ts";
-import { varlenBackwardPlan, varlenForwardPlan, varlenLayout, type VarlenProblem } from "../dsl/plan-varlen.ts";
+import { offsetsOf, varlenBackwardPlan, varlenForwardPlan, varlenLayout, type VarlenProblem } from "../dsl/plan-varlen.ts";
 import { dtypeBytes } from "../dsl/dtype.ts";
 import { stepKernel, type Plan, type PlanStep } from "../dsl/plan-types.ts";
 import { specKey, type Spec } from "../dsl/spec.ts";
@@ -132,7 +132,7 @@ describe.skipIf(!!skip)("native plan interpreter on the fake driver", () => {
       for (const lengths of [[5], [c, 0, 2 * c + 3, 1], [c - 1, c + 1]])
         for (let mask = 0; mask < 8; mask++) {
           const flags = { gated: mask & 1, initial_state: (mask >> 1) & 1, final_state: (mask >> 2) & 1 };
-          const cu = lengths.reduce((o, l) => [...o, o[o.length - 1]! + l], [0]), t = cu[cu.length - 1]!, lay = varlenLayout(cu, c);
+          const cu = offsetsOf(lengths), t = cu[cu.length - 1]!, lay = varlenLayout(cu, c);
           const p: VarlenProblem = { b: 1, t, hq: 4, h: 2, d: spec.d, e: spec.e, deg: spec.deg, chunk: c, dtype: spec.dtype, scale: 0.3, gated: !!flags.gated, initialState: !!flags.initial_state, finalState: !!flags.final_state, cuSeqlens: cu };
           const problem = { b: 1, t, hq: 4, h: 2, scale: 0.3, ...flags, len0: 0, ns: lay.ns, nc: lay.nc };
           cases.push({ kind: "forward_varlen", spec, problem, plan: varlenForwardPlan(p, sched) });

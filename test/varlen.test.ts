@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generate, writeGenerated } from "../codegen/gen.ts";
 import type { DType } from "../dsl/dtype.ts";
 import { backwardOnCpu } from "../dsl/plan-backward.ts";
-import { checkCuSeqlens, varlenBackwardOnCpu, varlenForwardOnCpu, varlenForwardPlan, varlenLayout, type VarlenProblem } from "../dsl/plan-varlen.ts";
+import { checkCuSeqlens, offsetsOf as offsets, varlenBackwardOnCpu, varlenForwardOnCpu, varlenForwardPlan, varlenLayout, type VarlenProblem } from "../dsl/plan-varlen.ts";
 import { forwardOnCpu, type Problem } from "../dsl/plan.ts";
 import { featureCount } from "../dsl/sympow.ts";
 import { ArgumentError, powerRetention, powerRetentionBackward, Tensor } from "../runtime/index.ts";
@@ -39,7 +39,6 @@ interface VarlenCase {
   readonly seed: number;
 }
 
-const offsets = (lengths: readonly number[]): number[] => lengths.reduce((cu, l) => [...cu, cu[cu.length - 1]! + l], [0]);
 
 function problemOf(c: VarlenCase): VarlenProblem {
   const cu = offsets(c.lengths);

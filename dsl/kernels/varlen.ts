@@ -49,15 +49,12 @@ function build(name: string, dtype: DType, pack: boolean, spec: Spec, sch: Sched
   });
 }
 
-function def(name: string, pack: boolean, f32: boolean): KernelDef {
-  const self: KernelDef = {
-    name,
-    schedule,
-    scheduleSpace: space,
-    build: (spec, sch) => build(name, f32 ? "f32" : spec.dtype, pack, spec, sch),
-  };
-  return self;
-}
+const def = (name: string, pack: boolean, f32: boolean): KernelDef => ({
+  name,
+  schedule,
+  scheduleSpace: space,
+  build: (spec, sch) => build(name, f32 ? "f32" : spec.dtype, pack, spec, sch),
+});
 
 /** Q, K, V, dY (the spec's dtype) into the chunk-aligned layout. */
 export const varlenPack = def("varlen_pack", true, false);

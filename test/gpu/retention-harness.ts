@@ -22,6 +22,7 @@ import { executeOnCpu } from "../../dsl/execute-cpu.ts";
 import { backwardPlan } from "../../dsl/plan-backward.ts";
 import { createDecodeState, decodeStepOnCpu } from "../../dsl/plan-decode.ts";
 import { forwardPlan, type Problem } from "../../dsl/plan.ts";
+import { offsetsOf } from "../../dsl/plan-varlen.ts";
 import { maxAbsError, referenceBackward, referenceForward, relativeError } from "../../dsl/reference/power-retention.ts";
 import { specKey, type Spec } from "../../dsl/spec.ts";
 import { KERNELS } from "../../dsl/kernels/index.ts";
@@ -359,7 +360,7 @@ function againstInterpreter(spec: Spec, c: Case): void {
  * one-token sequence (whose state passes through, and whose dQ, dK are 0: compared absolutely). */
 function packedSequences(spec: Spec): void {
   const lengths = [spec.chunk + 5, 0, 1, Math.max(2, spec.chunk - 7)];
-  const cu = lengths.reduce((o, n) => [...o, o[o.length - 1]! + n], [0]);
+  const cu = offsetsOf(lengths);
   const p: Problem = { b: 1, t: cu[cu.length - 1]!, hq: 2, h: 1, d: spec.d, e: spec.e, deg: spec.deg, chunk: spec.chunk, dtype: spec.dtype,
     scale: 1 / Math.sqrt(spec.d), gated: true, initialState: false, finalState: true };
   const x = hostInputs({ p, seed: 77 + spec.d }), tol = TOL[p.dtype], D = featureCount(p.d, p.deg);
